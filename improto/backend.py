@@ -1,0 +1,131 @@
+"""
+The contract between the router and a delivery backend.
+
+A backend moves already-encoded frames between improto nodes. It knows
+channels, envelopes and presence sets; it knows nothing about WebSocket,
+users' sessions or the chat protocol. Two implementations ship:
+:class:`improto.memory.MemoryBackend` (one process) and
+:class:`improto.redis.RedisBackend` (many nodes sharing one Redis).
+
+Everything that can wait on a network returns a ``Deferred`` so that the
+router is written once for both.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Callable
+
+import attrs
+from twisted.internet.defer import Deferred
+from zope.interface import Attribute, Interface
+
+
+class Audience(enum.Enum):
+    """Which sessions on the receiving node get an envelope's frame."""
+
+    ALL = "all"
+    #: Only sessions speaking the native dialect. Presence events and the
+    #: sender's own copies of private messages would render as garbage
+    #: lines on the seed pages, which print every frame they receive.
+    NATIVE = "native"
+
+
+@attrs.frozen
+class Envelope:
+    """
+    One frame on its way to every node subscribed to a channel.
+
+    ``origin_node``/``origin_session`` say where it came from; a node
+    delivers it to every local session of the channel except
+    ``exclude_session``, which is how a sender never gets its own group
+    message back, whichever node it is on.
+    """
+
+    origin_node: str
+    origin_session: str
+    data: bytes
+    binary: bool = False
+    audience: Audience = Audience.ALL
+    exclude_session: str | None = None
+
+
+class BackendState(enum.Enum):
+    STARTING = "starting"
+    OK = "ok"
+    #: Lost its connection and is reconnecting; publishes fail fast.
+    UNAVAILABLE = "unavailable"
+    STOPPED = "stopped"
+
+
+@attrs.frozen
+class BackendHealth:
+    state: BackendState
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.state is BackendState.OK
+
+
+class BackendUnavailable(Exception):
+    """A publish or presence call could not reach the shared medium."""
+
+
+EnvelopeCallback = Callable[[Envelope], None]
+
+
+class IBackend(Interface):
+    """
+    Pub/sub plus presence, shared by every node of one improto cluster.
+
+    Channel names are plain strings chosen by the router (``group:lobby``,
+    ``user:alice``, ``echo:<session>``); a backend may prefix them.
+    A node holds at most one subscription per channel.
+    """
+
+    node_id: str = Attribute("Unique id of this node, stamped on envelopes.")
+
+    def start() -> Deferred[None]:
+        """Connect; fires when publishing and subscribing work."""
+
+    def stop() -> Deferred[None]:
+        """Drop subscriptions and presence of this node, then disconnect."""
+
+    def health() -> BackendHealth:
+        """The current state, cheap enough for every ``/healthz`` request."""
+
+    def publish(channel: str, envelope: Envelope) -> Deferred[int]:
+        """
+        Send ``envelope`` to every node subscribed to ``channel``.
+
+        Fires with the number of nodes that received it (0 means nobody
+        is subscribed, which is how the router tells that a user is
+        offline everywhere) or fails with :class:`BackendUnavailable`.
+        """
+
+    def subscribe(channel: str, callback: EnvelopeCallback) -> Deferred[None]:
+        """
+        Call ``callback`` with every envelope later published on
+        ``channel``, including this node's own. Fires once the
+        subscription is active, so a publish issued after it is seen.
+        """
+
+    def unsubscribe(channel: str) -> Deferred[None]:
+        """Stop receiving ``channel``; unknown channels are ignored."""
+
+    def presence_add(scope: str, member: str) -> Deferred[bool]:
+        """
+        Record that this node has ``member`` in ``scope`` (a group, or the
+        whole-cluster ``online`` scope). Fires ``True`` when the member was
+        not present on any node before: the router announces it then.
+        """
+
+    def presence_remove(scope: str, member: str) -> Deferred[bool]:
+        """
+        Forget this node's ``member`` in ``scope``. Fires ``True`` when no
+        node has the member in ``scope`` any more.
+        """
+
+    def presence_members(scope: str) -> Deferred[list[str]]:
+        """Every member of ``scope`` on every live node, sorted."""

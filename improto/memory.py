@@ -1,0 +1,108 @@
+"""
+The in-process backend: the default, and the reference for the contract.
+
+Several :class:`MemoryBackend` objects may share one :class:`MemoryHub`;
+each then behaves like a separate node, which lets tests exercise
+cross-node behaviour (echo suppression, presence) without Redis.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import attrs
+from twisted.internet.defer import Deferred, fail, succeed
+from zope.interface import implementer
+
+from improto.backend import (
+    BackendHealth,
+    BackendState,
+    BackendUnavailable,
+    Envelope,
+    EnvelopeCallback,
+    IBackend,
+)
+
+
+@attrs.define
+class MemoryHub:
+    """The shared medium: who listens to what, and who is present where."""
+
+    channels: dict[str, dict[str, EnvelopeCallback]] = attrs.field(factory=dict)
+    presence: dict[str, dict[str, set[str]]] = attrs.field(factory=dict)
+
+
+@implementer(IBackend)
+class MemoryBackend:
+    """Delivers synchronously, inside ``publish``; never loses a frame."""
+
+    def __init__(self, hub: MemoryHub | None = None, node_id: str | None = None) -> None:
+        self.hub = hub if hub is not None else MemoryHub()
+        self.node_id = node_id or uuid.uuid4().hex[:12]
+        self._state = BackendState.STARTING
+        self._subscribed: set[str] = set()
+
+    def start(self) -> Deferred[None]:
+        self._state = BackendState.OK
+        return succeed(None)
+
+    def stop(self) -> Deferred[None]:
+        for channel in list(self._subscribed):
+            self.unsubscribe(channel)
+        for members in self.hub.presence.values():
+            for nodes in members.values():
+                nodes.discard(self.node_id)
+        self._state = BackendState.STOPPED
+        return succeed(None)
+
+    def health(self) -> BackendHealth:
+        return BackendHealth(self._state, "in-memory")
+
+    def publish(self, channel: str, envelope: Envelope) -> Deferred[int]:
+        if self._state is not BackendState.OK:
+            return fail(BackendUnavailable(f"memory backend is {self._state.value}"))
+        listeners = self.hub.channels.get(channel)
+        if not listeners:
+            return succeed(0)
+        # Copy: a callback may subscribe or unsubscribe while we iterate.
+        callbacks = list(listeners.values())
+        for callback in callbacks:
+            callback(envelope)
+        return succeed(len(callbacks))
+
+    def subscribe(self, channel: str, callback: EnvelopeCallback) -> Deferred[None]:
+        self.hub.channels.setdefault(channel, {})[self.node_id] = callback
+        self._subscribed.add(channel)
+        return succeed(None)
+
+    def unsubscribe(self, channel: str) -> Deferred[None]:
+        listeners = self.hub.channels.get(channel)
+        if listeners is not None:
+            listeners.pop(self.node_id, None)
+            if not listeners:
+                del self.hub.channels[channel]
+        self._subscribed.discard(channel)
+        return succeed(None)
+
+    def presence_add(self, scope: str, member: str) -> Deferred[bool]:
+        nodes = self.hub.presence.setdefault(scope, {}).setdefault(member, set())
+        was_absent = not nodes
+        nodes.add(self.node_id)
+        return succeed(was_absent)
+
+    def presence_remove(self, scope: str, member: str) -> Deferred[bool]:
+        members = self.hub.presence.get(scope, {})
+        nodes = members.get(member)
+        if nodes is None:
+            return succeed(False)
+        nodes.discard(self.node_id)
+        if nodes:
+            return succeed(False)
+        del members[member]
+        if not members:
+            self.hub.presence.pop(scope, None)
+        return succeed(True)
+
+    def presence_members(self, scope: str) -> Deferred[list[str]]:
+        members = self.hub.presence.get(scope, {})
+        return succeed(sorted(m for m, nodes in members.items() if nodes))

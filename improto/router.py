@@ -1,0 +1,506 @@
+"""
+The router: users, their sessions, groups, and who gets which frame.
+
+It is sans-IO: it talks to connections through :class:`SessionLink` and to
+other nodes through an :class:`~improto.backend.IBackend`, and it never
+touches a socket, a reactor or Redis. Every delivery, even to a member on
+this very node, goes through the backend, so one code path serves one
+node and many.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import time
+from collections import defaultdict
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+
+import attrs
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from improto import codec
+from improto.backend import Audience, BackendUnavailable, Envelope, IBackend
+from improto.codec import ErrorCode, ProtocolError
+from improto.ratelimit import TokenBucket
+
+_log = Logger()
+
+#: Presence scope of users connected anywhere in the cluster.
+ONLINE_SCOPE = "online"
+MAX_GROUPS_PER_SESSION = 256
+
+
+class SessionLink(Protocol):
+    """What the router needs from one client connection."""
+
+    def send_frame(self, data: bytes, binary: bool) -> None:
+        """Queue one encoded frame for this client."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Close the connection with a WebSocket close code."""
+
+    @classmethod
+    def broadcast(cls, links: Sequence[Any], data: bytes, binary: bool) -> None:
+        """Send one frame to many links of this class, encoding it once."""
+
+
+def send_each(links: Sequence[SessionLink], data: bytes, binary: bool) -> None:
+    """The plain broadcast, for links that have nothing smarter."""
+    for link in links:
+        link.send_frame(data, binary)
+
+
+@attrs.define(eq=False)
+class Session:
+    """One connection of one user, as the router sees it."""
+
+    id: str
+    user: str
+    link: SessionLink
+    native: bool
+    bucket: TokenBucket
+    groups: set[str] = attrs.field(factory=set)
+    echo: bool = False
+    closed: bool = False
+    #: Error codes already logged for this session: log once, not per frame.
+    logged: set[str] = attrs.field(factory=set)
+
+
+@attrs.frozen
+class RouterLimits:
+    #: Longest text frame, in bytes, accepted on a chat route.
+    max_message_size: int = 64 * 1024
+    #: Sustained frames per second per connection (0 disables the limit).
+    rate: float = 20.0
+    #: Frames a connection may send at once before the rate applies.
+    burst: float = 40.0
+
+
+def _group_channel(group: str) -> str:
+    return "group:" + group
+
+
+def _user_channel(user: str) -> str:
+    return "user:" + user
+
+
+def _group_scope(group: str) -> str:
+    return "group:" + group
+
+
+class Router:
+    """
+    Routes commands from local sessions to the backend, and envelopes
+    from the backend to local sessions.
+
+    ``clock`` is any monotonic ``() -> float``; tests pass a fake one.
+    """
+
+    def __init__(
+        self,
+        backend: IBackend,
+        *,
+        limits: RouterLimits = RouterLimits(),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.backend = backend
+        self.limits = limits
+        self._clock = clock
+        self._ids = itertools.count(1)
+        self.sessions: dict[str, Session] = {}
+        self._user_sessions: dict[str, set[Session]] = defaultdict(set)
+        self._group_members: dict[str, set[Session]] = defaultdict(set)
+
+    # -- connections -------------------------------------------------------
+
+    def connect(self, link: SessionLink, user: str, *, native: bool) -> Session:
+        """Register a chat connection; it joins the lobby, as in the seeds."""
+        session = self._new_session(link, user, native)
+        self._user_sessions[user].add(session)
+        if len(self._user_sessions[user]) == 1:
+            self._subscribe(_user_channel(user), self._deliver_to_user, user)
+            self._announce_added(
+                ONLINE_SCOPE, user, codec.presence("online", user), exclude=session.id
+            )
+        if native:
+            link.send_frame(codec.welcome(user, session.id, [codec.LOBBY]), False)
+        self._join(session, codec.LOBBY)
+        return session
+
+    def connect_echo(self, link: SessionLink) -> Session:
+        """
+        Register an echo connection: whatever it sends travels through the
+        backend and comes back to it alone (the conformance route).
+        """
+        session = self._new_session(link, "", native=False)
+        session.echo = True
+        self._subscribe("echo:" + session.id, self._deliver_echo, session)
+        return session
+
+    def _new_session(self, link: SessionLink, user: str, native: bool) -> Session:
+        session_id = f"{self.backend.node_id}-{next(self._ids)}"
+        bucket = TokenBucket(self.limits.rate, self.limits.burst)
+        session = Session(session_id, user, link, native, bucket)
+        self.sessions[session_id] = session
+        return session
+
+    def disconnect(self, session: Session) -> None:
+        """Forget a closed connection and announce departures it causes."""
+        if session.closed:
+            return
+        session.closed = True
+        del self.sessions[session.id]
+        if session.echo:
+            self._unsubscribe("echo:" + session.id)
+            return
+        for group in sorted(session.groups):
+            self._leave(session, group)
+        sessions = self._user_sessions[session.user]
+        sessions.discard(session)
+        if not sessions:
+            del self._user_sessions[session.user]
+            self._unsubscribe(_user_channel(session.user))
+            self._announce_removed(
+                ONLINE_SCOPE, session.user, codec.presence("offline", session.user)
+            )
+
+    def close_all(self, code: int = 1001, reason: str = "server is shutting down") -> None:
+        for session in list(self.sessions.values()):
+            session.link.close(code, reason)
+
+    # -- inbound frames ----------------------------------------------------
+
+    def receive_text(self, session: Session, text: str, size: int) -> None:
+        """Handle one text frame of ``size`` bytes from a local session."""
+        if session.echo:
+            self._echo(session, text.encode("utf-8"), binary=False)
+            return
+        if size > self.limits.max_message_size:
+            self._refuse(
+                session,
+                ProtocolError(
+                    ErrorCode.TOO_LARGE,
+                    f"Message of {size} bytes is over the limit of "
+                    f"{self.limits.max_message_size} bytes; it was not delivered.",
+                ),
+            )
+            return
+        try:
+            command = codec.decode(text)
+        except ProtocolError as e:
+            self._refuse(session, e)
+            return
+        if command.native and not session.native:
+            # A client on a seed route that speaks the native dialect gets
+            # native replies (acks, presence) from now on.
+            session.native = True
+        if not session.bucket.take(self._clock()):
+            self._refuse(
+                session,
+                ProtocolError(
+                    ErrorCode.RATE_LIMITED,
+                    f"Too many messages: at most {self.limits.rate:g} a second; "
+                    "this one was not delivered.",
+                    getattr(command, "id", None),
+                ),
+            )
+            return
+        handler = self._handlers[type(command)]
+        handler(self, session, command)
+
+    def receive_binary(self, session: Session, data: bytes) -> None:
+        if session.echo:
+            self._echo(session, data, binary=True)
+            return
+        self._refuse(
+            session,
+            ProtocolError(
+                ErrorCode.BINARY_NOT_SUPPORTED,
+                "Binary frames are not supported on chat connections; send JSON text.",
+            ),
+        )
+
+    def _echo(self, session: Session, data: bytes, binary: bool) -> None:
+        envelope = Envelope(self.backend.node_id, session.id, data, binary)
+        d = self.backend.publish("echo:" + session.id, envelope)
+        d.addErrback(self._failed, session, None)
+
+    # -- commands ----------------------------------------------------------
+
+    def _send_to_group(self, session: Session, command: codec.SendToGroup) -> None:
+        if command.group not in session.groups:
+            self._refuse(
+                session,
+                ProtocolError(
+                    ErrorCode.NOT_A_MEMBER,
+                    f"You are not a member of group '{command.group}'; join it first.",
+                    command.id,
+                ),
+            )
+            return
+        envelope = Envelope(
+            self.backend.node_id,
+            session.id,
+            codec.group_message(command.group, session.user, command.msg),
+            exclude_session=session.id,
+        )
+        d = self.backend.publish(_group_channel(command.group), envelope)
+        d.addCallbacks(lambda _: self._ack(session, command.id), self._failed,
+                       errbackArgs=(session, command.id))
+
+    def _send_to_user(self, session: Session, command: codec.SendToUser) -> None:
+        data = codec.private_message(session.user, command.to, command.msg)
+        envelope = Envelope(self.backend.node_id, session.id, data, exclude_session=session.id)
+        d = self.backend.publish(_user_channel(command.to), envelope)
+
+        def delivered(receivers: int) -> None:
+            if receivers == 0:
+                self._refuse(
+                    session,
+                    ProtocolError(
+                        ErrorCode.UNKNOWN_USER,
+                        f"User '{command.to}' is not online; the message was not delivered.",
+                        command.id,
+                    ),
+                )
+                return
+            if command.to != session.user:
+                # The sender's other devices see what was sent from this one.
+                copy = attrs.evolve(envelope, audience=Audience.NATIVE)
+                self.backend.publish(_user_channel(session.user), copy).addErrback(
+                    self._failed, None, None
+                )
+            self._ack(session, command.id)
+
+        d.addCallbacks(delivered, self._failed, errbackArgs=(session, command.id))
+
+    def _join_command(self, session: Session, command: codec.Join) -> None:
+        if command.group in session.groups:
+            self._ack(session, command.id)
+            return
+        if len(session.groups) >= MAX_GROUPS_PER_SESSION:
+            self._refuse(
+                session,
+                ProtocolError(
+                    ErrorCode.BAD_MESSAGE,
+                    f"A connection may be in at most {MAX_GROUPS_PER_SESSION} groups.",
+                    command.id,
+                ),
+            )
+            return
+        d = self._join(session, command.group)
+        d.addCallbacks(lambda _: self._ack(session, command.id), self._failed,
+                       errbackArgs=(session, command.id))
+
+    def _leave_command(self, session: Session, command: codec.Leave) -> None:
+        if command.group not in session.groups:
+            self._refuse(
+                session,
+                ProtocolError(
+                    ErrorCode.NOT_A_MEMBER,
+                    f"You are not a member of group '{command.group}'.",
+                    command.id,
+                ),
+            )
+            return
+        d = self._leave(session, command.group)
+        d.addCallbacks(lambda _: self._ack(session, command.id), self._failed,
+                       errbackArgs=(session, command.id))
+
+    def _who_command(self, session: Session, command: codec.Who) -> None:
+        d = self.backend.presence_members(_group_scope(command.group))
+        d.addCallbacks(
+            lambda users: self._send(session, codec.who(command.group, users, command.id)),
+            self._failed,
+            errbackArgs=(session, command.id),
+        )
+
+    _handlers: Mapping[type, Callable[[Router, Session, Any], None]] = {
+        codec.SendToGroup: _send_to_group,
+        codec.SendToUser: _send_to_user,
+        codec.Join: _join_command,
+        codec.Leave: _leave_command,
+        codec.Who: _who_command,
+    }
+
+    # -- membership --------------------------------------------------------
+
+    def _join(self, session: Session, group: str) -> Deferred[Any]:
+        session.groups.add(group)
+        members = self._group_members[group]
+        user_already_here = any(m.user == session.user for m in members)
+        members.add(session)
+        waits = []
+        if len(members) == 1:
+            waits.append(self._subscribe(_group_channel(group), self._deliver_to_group, group))
+        if not user_already_here:
+            waits.append(
+                self._announce_added(
+                    _group_scope(group),
+                    session.user,
+                    codec.presence("join", session.user, group),
+                    group,
+                    exclude=session.id,
+                )
+            )
+        return gatherResults(waits, consumeErrors=True).addErrback(_first_error)
+
+    def _leave(self, session: Session, group: str) -> Deferred[Any]:
+        session.groups.discard(group)
+        members = self._group_members[group]
+        members.discard(session)
+        waits = []
+        if not any(m.user == session.user for m in members):
+            waits.append(
+                self._announce_removed(
+                    _group_scope(group),
+                    session.user,
+                    codec.presence("leave", session.user, group),
+                    group,
+                )
+            )
+        if not members:
+            del self._group_members[group]
+            waits.append(self._unsubscribe(_group_channel(group)))
+        return gatherResults(waits, consumeErrors=True).addErrback(_first_error)
+
+    def _announce_added(
+        self,
+        scope: str,
+        user: str,
+        event: bytes,
+        group: str = codec.LOBBY,
+        exclude: str | None = None,
+    ) -> Deferred[None]:
+        def announce(first_anywhere: bool) -> Deferred[Any] | None:
+            if first_anywhere:
+                return self._publish_presence(group, event, exclude)
+            return None
+
+        return self.backend.presence_add(scope, user).addCallback(announce)
+
+    def _announce_removed(
+        self, scope: str, user: str, event: bytes, group: str = codec.LOBBY
+    ) -> Deferred[None]:
+        def announce(gone_everywhere: bool) -> Deferred[Any] | None:
+            if gone_everywhere:
+                return self._publish_presence(group, event)
+            return None
+
+        return self.backend.presence_remove(scope, user).addCallback(announce)
+
+    def _publish_presence(
+        self, group: str, event: bytes, exclude: str | None = None
+    ) -> Deferred[int]:
+        envelope = Envelope(
+            self.backend.node_id, "", event, audience=Audience.NATIVE, exclude_session=exclude
+        )
+        return self.backend.publish(_group_channel(group), envelope)
+
+    def _subscribe(self, channel: str, deliver: Callable[..., None], key: Any) -> Deferred[None]:
+        return self.backend.subscribe(channel, functools.partial(deliver, key))
+
+    def _unsubscribe(self, channel: str) -> Deferred[None]:
+        return self.backend.unsubscribe(channel)
+
+    # -- outbound ----------------------------------------------------------
+
+    def _deliver_to_group(self, group: str, envelope: Envelope) -> None:
+        self._deliver(self._group_members.get(group, ()), envelope)
+
+    def _deliver_to_user(self, user: str, envelope: Envelope) -> None:
+        self._deliver(self._user_sessions.get(user, ()), envelope)
+
+    def _deliver_echo(self, session: Session, envelope: Envelope) -> None:
+        if not session.closed:
+            session.link.send_frame(envelope.data, envelope.binary)
+
+    def _deliver(self, sessions: Iterable[Session], envelope: Envelope) -> None:
+        native_only = envelope.audience is Audience.NATIVE
+        by_class: dict[type, list[SessionLink]] = {}
+        for s in sessions:
+            if s.id == envelope.exclude_session or (native_only and not s.native):
+                continue
+            by_class.setdefault(type(s.link), []).append(s.link)
+        for link_class, links in by_class.items():
+            broadcast = getattr(link_class, "broadcast", None)
+            if broadcast is None:
+                send_each(links, envelope.data, envelope.binary)
+            else:
+                broadcast(links, envelope.data, envelope.binary)
+
+    def _send(self, session: Session, data: bytes) -> None:
+        if not session.closed:
+            session.link.send_frame(data, False)
+
+    def _ack(self, session: Session, request_id: str | None) -> None:
+        if request_id is not None and session.native:
+            self._send(session, codec.ack(request_id))
+
+    def _refuse(self, session: Session, error: ProtocolError) -> None:
+        if error.code.value not in session.logged:
+            session.logged.add(error.code.value)
+            _log.info(
+                "Refused a frame from {user!r} (session {session}): {code}: {reason} "
+                "(further {code} errors of this session are not logged)",
+                user=session.user,
+                session=session.id,
+                code=error.code.value,
+                reason=error.reason,
+            )
+        self._send(session, codec.error(error, session.native))
+
+    def _failed(self, failure: Failure, session: Session | None, request_id: str | None) -> None:
+        """A backend call failed: tell the client instead of dropping its message."""
+        if failure.check(BackendUnavailable):
+            reason = "The message service is temporarily unavailable; the message was not delivered."
+        else:
+            _log.failure("Backend call failed", failure)
+            reason = "Internal error in the message service; the message was not delivered."
+        if session is not None:
+            self._refuse(session, ProtocolError(ErrorCode.BACKEND_UNAVAILABLE, reason, request_id))
+
+    # -- the embedding API -------------------------------------------------
+
+    def publish(
+        self,
+        payload: Mapping[str, Any] | str | bytes,
+        *,
+        group: str | None = None,
+        user: str | None = None,
+        binary: bool = False,
+    ) -> Deferred[int]:
+        """
+        Push a frame from server-side code to every member of ``group`` or
+        every session of ``user``, on every node. A mapping is sent as
+        JSON exactly as given. Fires with the number of nodes reached.
+        """
+        if (group is None) == (user is None):
+            raise TypeError("publish() needs exactly one of group= or user=")
+        if isinstance(payload, Mapping):
+            data = codec.encode(dict(payload))
+        elif isinstance(payload, str):
+            data = payload.encode("utf-8")
+        else:
+            data = payload
+        channel = _group_channel(group) if group is not None else _user_channel(user or "")
+        return self.backend.publish(channel, Envelope(self.backend.node_id, "", data, binary))
+
+    def join(self, session: Session, group: str) -> Deferred[Any]:
+        """Make a session a member of ``group`` from server-side code."""
+        if group in session.groups:
+            return succeed(None)
+        return self._join(session, group)
+
+
+def _first_error(failure: Failure) -> Failure:
+    """Unwrap gatherResults' FirstError so callers see the real failure."""
+    from twisted.internet.defer import FirstError
+
+    if failure.check(FirstError):
+        return failure.value.subFailure
+    return failure
+

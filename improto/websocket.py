@@ -1,0 +1,219 @@
+"""
+The WebSocket layer: the only module that knows Autobahn.
+
+It turns connections into router sessions, frames into router calls, and
+router deliveries into frames. A group broadcast is framed once per
+compression setting and the same bytes are written to every member.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any, Callable, Sequence
+from urllib.parse import unquote
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.compress import (
+    PerMessageDeflate,
+    PerMessageDeflateOffer,
+    PerMessageDeflateOfferAccept,
+)
+from autobahn.websocket.types import ConnectionRequest
+from twisted.logger import Logger
+
+from improto import codec
+from improto._autobahn_quiet import QuietLoggingMixin
+from improto.codec import ErrorCode, ProtocolError
+from improto.router import Router, Session
+from improto.settings import Settings
+
+_log = Logger()
+
+#: Close code for a refused nickname (RFC 6455 "policy violation").
+CLOSE_POLICY = 1008
+#: The echo route must take the conformance suite's 16 MiB messages.
+ECHO_MAX_MESSAGE_SIZE = 16 * 1024 * 1024 + 1024
+
+
+def frame(payload: bytes, binary: bool, compressed: bool = False) -> bytes:
+    """One unmasked, unfragmented server frame (RFC 6455 section 5.2)."""
+    first = 0x80 | (0x40 if compressed else 0) | (0x2 if binary else 0x1)
+    length = len(payload)
+    if length < 126:
+        header = bytes((first, length))
+    elif length < 0x10000:
+        header = bytes((first, 126)) + length.to_bytes(2, "big")
+    else:
+        header = bytes((first, 127)) + length.to_bytes(8, "big")
+    return header + payload
+
+
+def deflate(payload: bytes, window_bits: int, mem_level: int) -> bytes:
+    """Compress a whole message without context, as RFC 7692 section 7.2.1."""
+    compressor = zlib.compressobj(
+        zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -window_bits, mem_level
+    )
+    return (compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+
+def parse_chat_path(path: str) -> str:
+    """
+    The nickname in ``/ws/<nick>`` or ``/<nick>``, percent-decoded: the
+    last path segment, so the route also works mounted under a prefix.
+
+    Raises :class:`ProtocolError` for a path that names nobody acceptable.
+    """
+    raw = path.rsplit("/", 1)[-1]
+    try:
+        nickname = unquote(raw, errors="strict")
+    except UnicodeDecodeError:
+        raise ProtocolError(ErrorCode.BAD_NAME, "The nickname is not valid UTF-8.") from None
+    return codec.check_name(nickname)
+
+
+class ChatServerProtocol(QuietLoggingMixin, WebSocketServerProtocol):
+    """One client connection on a chat route or the echo route."""
+
+    factory: ChatServerFactory
+    _session: Session | None = None
+    _refusal: ProtocolError | None = None
+    _nickname: str = ""
+    _native: bool = False
+    _echo: bool = False
+    #: (window bits, mem level) when our frames are context-free deflate,
+    #: so that one compressed frame may be shared; None when uncompressed.
+    compression_key: tuple[int, int] | None = None
+
+    def onConnect(self, request: ConnectionRequest) -> str | None:
+        options = self.factory.options
+        if request.path == options.echo_path:
+            self._echo = True
+            self.maxMessagePayloadSize = max(options.max_message_size, ECHO_MAX_MESSAGE_SIZE)
+            self.perMessageCompressionAccept = _accept_as_offered(self.maxMessagePayloadSize)
+            return None
+        # Room for a frame a little over the limit, so the client gets a
+        # readable too_large error instead of a dropped connection.
+        self.maxMessagePayloadSize = options.max_message_size * 4
+        self.perMessageCompressionAccept = _accept_shareable(self.maxMessagePayloadSize)
+        try:
+            self._nickname = parse_chat_path(request.path)
+        except ProtocolError as e:
+            self._refusal = e
+        if codec.NATIVE_SUBPROTOCOL in request.protocols:
+            self._native = True
+            return codec.NATIVE_SUBPROTOCOL
+        return None
+
+    def onOpen(self) -> None:
+        pmce = self._perMessageCompress
+        if isinstance(pmce, PerMessageDeflate) and pmce.server_no_context_takeover:
+            self.compression_key = (pmce.server_max_window_bits, pmce.mem_level)
+        elif pmce is not None:
+            self.compression_key = None
+            self._per_connection_compression = True
+        router = self.factory.router
+        if self._echo:
+            self._session = router.connect_echo(self)
+            return
+        if self._refusal is not None:
+            _log.info("Refused connection from {peer}: {reason}", peer=self.peer,
+                      reason=self._refusal.reason)
+            self.send_frame(codec.error(self._refusal, self._native), False)
+            self.sendClose(CLOSE_POLICY, self._refusal.reason[:100])
+            return
+        self._session = router.connect(self, self._nickname, native=self._native)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        session = self._session
+        if session is None:
+            return
+        if isBinary:
+            self.factory.router.receive_binary(session, payload)
+        else:
+            # Autobahn has already failed the connection (1007) for bad UTF-8.
+            self.factory.router.receive_text(session, payload.decode("utf-8"), len(payload))
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self._session is not None:
+            self.factory.router.disconnect(self._session)
+            self._session = None
+
+    # -- SessionLink -------------------------------------------------------
+
+    _per_connection_compression = False
+
+    def send_frame(self, data: bytes, binary: bool) -> None:
+        if self.state == WebSocketServerProtocol.STATE_OPEN:
+            self.sendMessage(data, binary)
+
+    def close(self, code: int, reason: str) -> None:
+        if self.state == WebSocketServerProtocol.STATE_OPEN:
+            self.sendClose(code, reason)
+
+    @classmethod
+    def broadcast(cls, links: Sequence[Any], data: bytes, binary: bool) -> None:
+        """Frame (and compress) ``data`` once per compression setting."""
+        framed: dict[tuple[int, int] | None, bytes] = {}
+        for link in links:
+            if link.state != WebSocketServerProtocol.STATE_OPEN:
+                continue
+            if link._per_connection_compression:
+                link.sendMessage(data, binary)
+                continue
+            key = link.compression_key
+            wire = framed.get(key)
+            if wire is None:
+                if key is None:
+                    wire = frame(data, binary)
+                else:
+                    wire = frame(deflate(data, *key), binary, compressed=True)
+                framed[key] = wire
+            link.sendData(wire)
+
+
+def _accept_shareable(max_message_size: int) -> Callable[[list[Any]], Any]:
+    """
+    Accept permessage-deflate, insisting on server_no_context_takeover:
+    each frame we send is then compressed on its own, so one compressed
+    broadcast frame is valid on every connection with the same settings.
+    """
+
+    def accept(offers: list[Any]) -> PerMessageDeflateOfferAccept | None:
+        for offer in offers:
+            if isinstance(offer, PerMessageDeflateOffer):
+                return PerMessageDeflateOfferAccept(
+                    offer, no_context_takeover=True, max_message_size=max_message_size
+                )
+        return None
+
+    return accept
+
+
+def _accept_as_offered(max_message_size: int) -> Callable[[list[Any]], Any]:
+    def accept(offers: list[Any]) -> PerMessageDeflateOfferAccept | None:
+        for offer in offers:
+            if isinstance(offer, PerMessageDeflateOffer):
+                return PerMessageDeflateOfferAccept(offer, max_message_size=max_message_size)
+        return None
+
+    return accept
+
+
+class ChatServerFactory(WebSocketServerFactory):
+    protocol = ChatServerProtocol
+
+    def __init__(self, router: Router, options: Settings, reactor: Any) -> None:
+        super().__init__(reactor=reactor)
+        self.router = router
+        self.options = options
+        self.setProtocolOptions(
+            allowedOrigins=list(options.allowed_origins),
+            maxMessagePayloadSize=options.max_message_size * 4,
+            maxFramePayloadSize=0,
+            openHandshakeTimeout=10,
+            closeHandshakeTimeout=3,
+            autoPingInterval=options.ping_interval,
+            autoPingTimeout=options.ping_interval * 2 if options.ping_interval else 0,
+        )
+        self.setProtocolOptions(perMessageCompressionAccept=_accept_shareable(
+            options.max_message_size * 4))
