@@ -127,14 +127,14 @@ install_into_root() {
     pipwhl="$(cd "$ROOT$inroot" && ls pip-20.3.4-*.whl)"
     # A clean environment: the host's PIP_* settings point at host paths.
     local -a run=(env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/root LANG=C.UTF-8
-        PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INDEX=1 PIP_FIND_LINKS="$inroot"
+        PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_PYTHON_VERSION_WARNING=1 PIP_NO_INDEX=1 PIP_FIND_LINKS="$inroot"
         "$(command -v chroot)" "$ROOT")
     log "installing pip 20.3.4 from its wheel inside the root"
     "${run[@]}" /usr/bin/python2.7 "$inroot/$pipwhl/pip" install --quiet \
         "$inroot/$pipwhl" >&2
     log "installing setuptools and wheel (build tools for the sdists)"
     "${run[@]}" /usr/bin/python2.7 -m pip install --quiet \
-        "$inroot"/setuptools-44.0.0-*.whl "$inroot"/wheel-0.37.1-*.whl >&2
+        setuptools==44.0.0 wheel==0.37.1 >&2
     log "installing autobahntestsuite and its pinned dependencies"
     "${run[@]}" /usr/bin/python2.7 -m pip install --quiet --no-deps \
         --no-build-isolation --require-hashes -r "$inroot/requirements.txt" >&2

@@ -12,6 +12,7 @@ import zlib
 from typing import Any, Callable, Sequence
 from urllib.parse import unquote
 
+from autobahn.util import encode_truncate
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.compress import (
     PerMessageDeflate,
@@ -119,7 +120,7 @@ class ChatServerProtocol(QuietLoggingMixin, WebSocketServerProtocol):
             _log.info("Refused connection from {peer}: {reason}", peer=self.peer,
                       reason=self._refusal.reason)
             self.send_frame(codec.error(self._refusal, self._native), False)
-            self.sendClose(CLOSE_POLICY, self._refusal.reason[:100])
+            self.close(CLOSE_POLICY, self._refusal.reason)
             return
         self._session = router.connect(self, self._nickname, native=self._native)
 
@@ -148,7 +149,9 @@ class ChatServerProtocol(QuietLoggingMixin, WebSocketServerProtocol):
 
     def close(self, code: int, reason: str) -> None:
         if self.state == WebSocketServerProtocol.STATE_OPEN:
-            self.sendClose(code, reason)
+            # sendClose() only lets applications use 1000 and 3000-4999;
+            # the server needs 1001 (going away) and 1008 (policy).
+            self.sendCloseFrame(code=code, reasonUtf8=encode_truncate(reason, 123), isReply=False)
 
     @classmethod
     def broadcast(cls, links: Sequence[Any], data: bytes, binary: bool) -> None:
@@ -171,6 +174,17 @@ class ChatServerProtocol(QuietLoggingMixin, WebSocketServerProtocol):
             link.sendData(wire)
 
 
+class _ContextFreeAccept(PerMessageDeflateOfferAccept):
+    """Says ``server_no_context_takeover`` even when the client did not ask
+    (RFC 7692 section 7.1.1.1 allows it), so the promise is on the wire."""
+
+    def get_extension_string(self) -> str:
+        text: str = super().get_extension_string()
+        if "server_no_context_takeover" not in text:
+            text += "; server_no_context_takeover"
+        return text
+
+
 def _accept_shareable(max_message_size: int) -> Callable[[list[Any]], Any]:
     """
     Accept permessage-deflate, insisting on server_no_context_takeover:
@@ -181,7 +195,7 @@ def _accept_shareable(max_message_size: int) -> Callable[[list[Any]], Any]:
     def accept(offers: list[Any]) -> PerMessageDeflateOfferAccept | None:
         for offer in offers:
             if isinstance(offer, PerMessageDeflateOffer):
-                return PerMessageDeflateOfferAccept(
+                return _ContextFreeAccept(
                     offer, no_context_takeover=True, max_message_size=max_message_size
                 )
         return None
@@ -210,6 +224,9 @@ class ChatServerFactory(WebSocketServerFactory):
             allowedOrigins=list(options.allowed_origins),
             maxMessagePayloadSize=options.max_message_size * 4,
             maxFramePayloadSize=0,
+            # Send a close frame with the reason code (1002, 1007, 1009) on
+            # protocol violations instead of just dropping the TCP connection.
+            failByDrop=False,
             openHandshakeTimeout=10,
             closeHandshakeTimeout=3,
             autoPingInterval=options.ping_interval,

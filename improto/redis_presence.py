@@ -1,0 +1,186 @@
+"""
+Cluster-wide presence in Redis, surviving the death of nodes.
+
+Keys (``P`` is the backend's prefix)::
+
+    P presence:<scope>   hash  member -> space-separated ids of nodes having it
+    P node:<node_id>     string, expires: the node's heartbeat
+
+A node is live while its heartbeat key exists; it refreshes the key every
+``heartbeat_interval`` and it expires ``heartbeat_ttl`` after the last
+refresh. Entries of dead nodes are not swept by anyone: each script below
+skips them and deletes them on the way, so presence of a crashed node
+vanishes within ``heartbeat_ttl`` for readers and from Redis at the next
+touch of that member (or of the scope, for ``members``).
+
+Every operation is one Lua script, so "was the member absent on every
+live node" is answered atomically with the change: two nodes adding the
+same member concurrently cannot both see ``True``.
+
+Scripts read heartbeat keys they do not declare in ``KEYS``; that is
+fine on a standalone Redis (the supported deployment) but not on Redis
+Cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred, gatherResults
+
+from improto.redis_resp import RedisReplyError, RespConnection
+
+# Shared prologue: ARGV[1] heartbeat key prefix, ARGV[2] this node's id.
+# ``live(n)`` caches EXISTS per node for the duration of one script.
+_PROLOGUE = """
+local node_prefix, me = ARGV[1], ARGV[2]
+local cache = {}
+local function live(n)
+  if n == me then return true end
+  local v = cache[n]
+  if v == nil then
+    v = redis.call('EXISTS', node_prefix .. n) == 1
+    cache[n] = v
+  end
+  return v
+end
+local function others(raw)
+  local keep, mine = {}, false
+  if raw then
+    for n in string.gmatch(raw, '%S+') do
+      if n == me then mine = true elseif live(n) then keep[#keep + 1] = n end
+    end
+  end
+  return keep, mine
+end
+"""
+
+_ADD = (
+    _PROLOGUE
+    + """
+local keep, mine = others(redis.call('HGET', KEYS[1], ARGV[3]))
+local was_absent = (#keep == 0 and not mine) and 1 or 0
+keep[#keep + 1] = me
+redis.call('HSET', KEYS[1], ARGV[3], table.concat(keep, ' '))
+return was_absent
+"""
+)
+
+_REMOVE = (
+    _PROLOGUE
+    + """
+local raw = redis.call('HGET', KEYS[1], ARGV[3])
+if not raw then return 0 end
+local keep, mine = others(raw)
+if #keep == 0 then
+  redis.call('HDEL', KEYS[1], ARGV[3])
+else
+  redis.call('HSET', KEYS[1], ARGV[3], table.concat(keep, ' '))
+end
+return (mine and #keep == 0) and 1 or 0
+"""
+)
+
+_MEMBERS = (
+    _PROLOGUE
+    + """
+local flat = redis.call('HGETALL', KEYS[1])
+local out = {}
+for i = 1, #flat, 2 do
+  local member, raw, keep, total = flat[i], flat[i + 1], {}, 0
+  for n in string.gmatch(raw, '%S+') do
+    total = total + 1
+    if live(n) then keep[#keep + 1] = n end
+  end
+  if #keep == 0 then
+    redis.call('HDEL', KEYS[1], member)
+  else
+    if #keep ~= total then redis.call('HSET', KEYS[1], member, table.concat(keep, ' ')) end
+    out[#out + 1] = member
+  end
+end
+return out
+"""
+)
+
+_HEARTBEAT = """
+local existed = redis.call('EXISTS', KEYS[1])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return existed
+"""
+
+
+@attrs.frozen
+class Script:
+    """A Lua script run by SHA, sent in full only when Redis lacks it."""
+
+    source: str
+    sha: str = attrs.field(init=False)
+
+    @sha.default
+    def _sha(self) -> str:
+        return hashlib.sha1(self.source.encode("utf-8")).hexdigest()
+
+    def load(self, conn: RespConnection) -> Deferred[Any]:
+        return conn.execute(b"SCRIPT", b"LOAD", self.source)
+
+    def run(self, conn: RespConnection, keys: list[bytes], args: list[bytes | str | int]) -> Deferred[Any]:
+        d = conn.execute(b"EVALSHA", self.sha, len(keys), *keys, *args)
+
+        def maybe_unknown(failure: Any) -> Any:
+            failure.trap(RedisReplyError)
+            if not str(failure.value).startswith("NOSCRIPT"):
+                return failure
+            return conn.execute(b"EVAL", self.source, len(keys), *keys, *args)
+
+        return d.addErrback(maybe_unknown)
+
+
+ADD = Script(_ADD)
+REMOVE = Script(_REMOVE)
+MEMBERS = Script(_MEMBERS)
+HEARTBEAT = Script(_HEARTBEAT)
+ALL_SCRIPTS = (ADD, REMOVE, MEMBERS, HEARTBEAT)
+
+
+@attrs.define
+class PresenceStore:
+    """This node's view of the presence keys; every call is one command."""
+
+    prefix: bytes
+    node_id: str
+    heartbeat_ttl_ms: int
+
+    @property
+    def heartbeat_key(self) -> bytes:
+        return self.prefix + b"node:" + self.node_id.encode("ascii")
+
+    def scope_key(self, scope: str) -> bytes:
+        return self.prefix + b"presence:" + scope.encode("utf-8")
+
+    def _args(self, *extra: str) -> list[bytes | str | int]:
+        return [self.prefix + b"node:", self.node_id, *extra]
+
+    def load_scripts(self, conn: RespConnection) -> Deferred[Any]:
+        """Load before serving, so that no pipelined call meets NOSCRIPT."""
+        return gatherResults([script.load(conn) for script in ALL_SCRIPTS], consumeErrors=True)
+
+    def heartbeat(self, conn: RespConnection) -> Deferred[bool]:
+        """Refresh liveness; fires ``False`` if the key had already expired."""
+        d = HEARTBEAT.run(conn, [self.heartbeat_key], [b"1", self.heartbeat_ttl_ms])
+        return d.addCallback(bool)
+
+    def goodbye(self, conn: RespConnection) -> Deferred[Any]:
+        return conn.execute(b"DEL", self.heartbeat_key)
+
+    def add(self, conn: RespConnection, scope: str, member: str) -> Deferred[bool]:
+        return ADD.run(conn, [self.scope_key(scope)], self._args(member)).addCallback(bool)
+
+    def remove(self, conn: RespConnection, scope: str, member: str) -> Deferred[bool]:
+        return REMOVE.run(conn, [self.scope_key(scope)], self._args(member)).addCallback(bool)
+
+    def members(self, conn: RespConnection, scope: str) -> Deferred[list[str]]:
+        d = MEMBERS.run(conn, [self.scope_key(scope)], self._args())
+        return d.addCallback(lambda raw: sorted(m.decode("utf-8", "replace") for m in raw))

@@ -1,0 +1,89 @@
+"""
+How an :class:`~improto.backend.Envelope` travels as a Redis message.
+
+Layout (network byte order), version 1::
+
+    u8 version | u8 flags | u8 audience | u16 len(origin_node)
+    | u16 len(origin_session) | u16 len(exclude_session)
+    | origin_node | origin_session | exclude_session | data...
+
+Strings are UTF-8; ``data`` is the raw frame, whatever its bytes, and runs
+to the end of the message, so nothing is escaped or base64-encoded.
+Flags: bit 0 ``binary``, bit 1 ``exclude_session`` present (an empty
+exclude and no exclude differ). A node that meets a version it does not
+know drops the message: during a rolling upgrade, new nodes must keep
+writing the old version until every node reads the new one.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from improto.backend import Audience, Envelope
+
+VERSION = 1
+_HEADER = struct.Struct("!BBBHHH")
+_BINARY = 0x01
+_HAS_EXCLUDE = 0x02
+_AUDIENCE_CODES = {Audience.ALL: 0, Audience.NATIVE: 1}
+_AUDIENCES = {code: audience for audience, code in _AUDIENCE_CODES.items()}
+
+
+class WireError(ValueError):
+    """
+    A message could not be decoded. ``cause`` is short and has no
+    per-message detail, so it can key "log once per cause".
+    """
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(cause)
+        self.cause = cause
+
+
+def encode_envelope(envelope: Envelope) -> bytes:
+    node = envelope.origin_node.encode("utf-8")
+    session = envelope.origin_session.encode("utf-8")
+    exclude = b"" if envelope.exclude_session is None else envelope.exclude_session.encode("utf-8")
+    flags = (_BINARY if envelope.binary else 0) | (
+        _HAS_EXCLUDE if envelope.exclude_session is not None else 0
+    )
+    header = _HEADER.pack(
+        VERSION,
+        flags,
+        _AUDIENCE_CODES[envelope.audience],
+        len(node),
+        len(session),
+        len(exclude),
+    )
+    return b"".join((header, node, session, exclude, envelope.data))
+
+
+def decode_envelope(payload: bytes) -> Envelope:
+    if len(payload) < _HEADER.size:
+        raise WireError("shorter than the envelope header")
+    version, flags, audience_code, node_len, session_len, exclude_len = _HEADER.unpack_from(payload)
+    if version != VERSION:
+        raise WireError(f"unsupported envelope version {version}")
+    audience = _AUDIENCES.get(audience_code)
+    if audience is None:
+        raise WireError(f"unknown audience code {audience_code}")
+    start = _HEADER.size
+    data_start = start + node_len + session_len + exclude_len
+    if len(payload) < data_start:
+        raise WireError("truncated envelope header strings")
+    try:
+        node = payload[start : start + node_len].decode("utf-8")
+        start += node_len
+        session = payload[start : start + session_len].decode("utf-8")
+        start += session_len
+        exclude = payload[start : start + exclude_len].decode("utf-8")
+    except UnicodeDecodeError:
+        raise WireError("envelope header strings are not UTF-8") from None
+    return Envelope(
+        origin_node=node,
+        origin_session=session,
+        data=payload[data_start:],
+        binary=bool(flags & _BINARY),
+        audience=audience,
+        exclude_session=exclude if flags & _HAS_EXCLUDE else None,
+    )

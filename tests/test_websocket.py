@@ -1,0 +1,149 @@
+"""The Autobahn layer on StringTransport: handshakes, close codes, shared frames."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+
+from improto.memory import MemoryBackend
+from improto.router import Router, RouterLimits
+from improto.settings import Settings
+from improto.websocket import ChatServerFactory
+from tests import wsframes
+
+DEFLATE = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+NATIVE = "Sec-WebSocket-Protocol: improto.v1\r\n"
+
+
+class LenientTransport(StringTransport):
+    """Autobahn unregisters a producer it never registered on close."""
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+
+class Client:
+    def __init__(self, factory: ChatServerFactory, path: str, headers: str = "") -> None:
+        self.protocol = factory.buildProtocol(None)
+        self.transport = LenientTransport()
+        self.protocol.makeConnection(self.transport)
+        self.protocol.dataReceived(wsframes.handshake(path, headers))
+        self.response, rest = wsframes.split_response(self.transport.value())
+        self.transport.clear()
+        self.pending = rest
+
+    def send(self, payload: bytes | str, opcode: int = 1) -> None:
+        data = payload.encode("utf-8") if isinstance(payload, str) else payload
+        self.protocol.dataReceived(wsframes.client_frame(data, opcode))
+
+    def raw(self) -> bytes:
+        data = self.pending + self.transport.value()
+        self.pending = b""
+        self.transport.clear()
+        return data
+
+    def frames(self) -> list[tuple[int, bytes, bool]]:
+        return wsframes.parse_frames(self.raw(), inflate=True)
+
+    def messages(self) -> list[dict]:
+        return [json.loads(p) for op, p, _ in self.frames() if op == 1]
+
+
+@pytest.fixture
+def factory():
+    backend = MemoryBackend()
+    backend.start()
+    router = Router(backend, limits=RouterLimits(max_message_size=1000))
+    return ChatServerFactory(router, Settings(max_message_size=1000), MemoryReactorClock())
+
+
+def test_handshake_accepts_deflate_without_server_context_takeover(factory):
+    client = Client(factory, "/ws/alice", DEFLATE)
+    assert client.response.startswith(b"HTTP/1.1 101")
+    assert b"permessage-deflate" in client.response
+    assert b"server_no_context_takeover" in client.response
+
+
+def test_one_compressed_frame_is_shared_by_members(factory):
+    alice = Client(factory, "/ws/alice")
+    members = [Client(factory, f"/ws/m{i}", DEFLATE) for i in range(3)]
+    plain = Client(factory, "/ws/plain")
+    for c in members + [plain, alice]:
+        c.raw()
+    alice.send(json.dumps({"msg": "你好 " * 20}))
+    wires = [m.raw() for m in members]
+    assert wires[0] == wires[1] == wires[2]
+    [(opcode, payload, compressed)] = wsframes.parse_frames(wires[0], inflate=True)
+    assert compressed and opcode == 1
+    assert json.loads(payload)["msg"] == "你好 " * 20
+    [(_, plain_payload, plain_compressed)] = plain.frames()
+    assert not plain_compressed and plain_payload == payload
+
+
+def test_native_subprotocol_is_negotiated(factory):
+    client = Client(factory, "/ws/nat", NATIVE)
+    assert b"Sec-WebSocket-Protocol: improto.v1" in client.response
+    assert client.messages()[0]["type"] == "welcome"
+
+
+@pytest.mark.parametrize(
+    "path, fragment",
+    [("/ws/", "empty"), ("/ws/%00bad", "U+0000"), ("/ws/%FF", "UTF-8"), ("/" + "x" * 40, "longer")],
+)
+def test_bad_nickname_gets_an_error_frame_then_1008(factory, path, fragment):
+    client = Client(factory, path)
+    frames = client.frames()
+    error = json.loads(frames[0][1])
+    assert error["code"] == "bad_name" and fragment in error["msg"]
+    assert frames[1][0] == 8 and wsframes.close_code(frames[1][1]) == 1008
+    assert not factory.router.sessions
+
+
+def test_invalid_utf8_closes_with_1007_and_others_keep_working(factory):
+    bad = Client(factory, "/ws/bad")
+    good = Client(factory, "/ws/good")
+    other = Client(factory, "/ws/other")
+    for c in (bad, good, other):
+        c.raw()
+    bad.send(b"\xff\xfe", opcode=1)
+    [(opcode, payload, _)] = bad.frames()
+    assert opcode == 8 and wsframes.close_code(payload) == 1007
+    good.send("still fine")
+    assert [m["msg"] for m in other.messages()] == ["still fine"]
+
+
+def test_hugely_oversized_message_closes_with_1009(factory):
+    client = Client(factory, "/ws/big")
+    client.raw()
+    client.send("x" * 4001)
+    frames = client.frames()
+    assert frames[-1][0] == 8 and wsframes.close_code(frames[-1][1]) == 1009
+
+
+def test_slightly_oversized_message_gets_an_error_and_the_connection_stays(factory):
+    client = Client(factory, "/ws/big")
+    client.raw()
+    client.send("x" * 1500)
+    [error] = client.messages()
+    assert error["code"] == "too_large"
+    client.send(json.dumps({"to_user": "nobody", "msg": "x"}))
+    assert client.messages()[0]["code"] == "unknown_user"
+
+
+def test_echo_route_returns_text_and_binary_through_the_router(factory):
+    client = Client(factory, "/echo", DEFLATE)
+    client.raw()
+    client.send("hé")
+    client.send(b"\x00\x01\x02", opcode=2)
+    assert [(op, p) for op, p, _ in client.frames()] == [(1, "hé".encode()), (2, b"\x00\x01\x02")]
+
+
+def test_close_removes_the_session(factory):
+    client = Client(factory, "/ws/alice")
+    assert len(factory.router.sessions) == 1
+    client.protocol.connectionLost(Failure(ConnectionDone()))
+    assert not factory.router.sessions
