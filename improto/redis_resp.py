@@ -309,11 +309,13 @@ class RespConnection(Protocol):
         self._outgoing = []
         if self._lost_reason is None:
             self._lost_reason = f"lost connection to Redis: {_one_line(reason)}"
-        error = BackendUnavailable(self._lost_reason)
         pending, self._pending = self._pending, collections.deque()
+        # Owners hear of the loss first, so that code woken by the failures
+        # below already sees the backend as unavailable.
+        self.lost.callback(self._lost_reason)
+        error = BackendUnavailable(self._lost_reason)
         for d in pending:
             d.errback(error)
-        self.lost.callback(self._lost_reason)
 
 
 def _one_line(reason: Failure | None) -> str:

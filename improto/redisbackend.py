@@ -492,6 +492,7 @@ class RedisBackend:
             _log.info(
                 "Redis backend: connection to {address} restored after {downtime:.1f}s; "
                 "{channels} channel(s) resubscribed, {entries} presence entr(y/ies) re-registered",
+                node_id=self.node_id,
                 address=self.address.display,
                 downtime=down,
                 channels=len(self._sub_sent),
@@ -505,6 +506,7 @@ class RedisBackend:
             _log.warn(
                 "Redis backend: {reason} ({link} connection); publish and presence "
                 "fail until it is back, reconnecting",
+                node_id=self.node_id,
                 reason=reason,
                 link=link.name,
             )
@@ -533,8 +535,16 @@ class RedisBackend:
         except RedisReplyError as e:
             raise BackendUnavailable(f"Redis at {address.display} refused AUTH: {e}") from None
 
+    async def _name_connection(self, conn: RespConnection, role: str) -> None:
+        """Let ``CLIENT LIST`` tell operators which node and role a connection is."""
+        try:
+            await conn.execute(b"CLIENT", b"SETNAME", f"improto:{self.node_id}:{role}")
+        except RedisReplyError:
+            pass
+
     async def _prepare_commands(self, conn: RespConnection) -> None:
         await self._authenticate(conn)
+        await self._name_connection(conn, "cmd")
         if self.address.db:
             try:
                 await conn.execute(b"SELECT", self.address.db)
@@ -563,6 +573,7 @@ class RedisBackend:
         self._sub_sent.clear()
         self._sub_active.clear()
         await self._authenticate(conn)
+        await self._name_connection(conn, "sub")
         await gatherResults(
             [self._send_subscribe(conn, channel) for channel in list(self._wanted)],
             consumeErrors=True,
@@ -666,7 +677,9 @@ class RedisBackend:
         try:
             callback(envelope)
         except Exception:
-            _log.failure("Redis backend: callback for channel {channel} failed", channel=channel)
+            _log.failure(
+                "Redis backend: callback for channel {channel} failed", channel=channel, node_id=self.node_id
+            )
 
     def _decode_failed(self, cause: str, channel: str) -> None:
         self.stats.decode_errors[cause] += 1
@@ -674,6 +687,7 @@ class RedisBackend:
             _log.warn(
                 "Redis backend: dropping undecodable message on {channel}: {cause} "
                 "(logged once per cause; see stats.decode_errors for counts)",
+                node_id=self.node_id,
                 channel=channel,
                 cause=cause,
             )
@@ -748,4 +762,4 @@ class RedisBackend:
 
     def _heartbeat_failed(self, failure: Failure) -> None:
         if not failure.check(BackendUnavailable):
-            _log.failure("Redis backend: heartbeat failed", failure)
+            _log.failure("Redis backend: heartbeat failed", failure, node_id=self.node_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 from twisted.application.service import IService
+from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 from twisted.web.server import Site
 
@@ -48,6 +49,11 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
+        try:
+            # Parsing needs no reactor; this catches typos before start-up.
+            serverFromString(None, self["port"])
+        except Exception as e:
+            raise usage.UsageError(f"bad --port {self['port']!r}: {e}") from None
         try:
             scheme = check_backend_url(self["backend"])
         except ValueError as e:

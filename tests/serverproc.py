@@ -1,0 +1,113 @@
+"""
+Run ``twistd -n improto`` as a real subprocess, the way users run it.
+
+The server runs from a temporary directory outside the checkout, so it
+uses the installed package and its twistd dropin, not the source tree.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import attrs
+import pytest
+
+
+def twistd_path() -> str:
+    candidate = Path(sys.executable).with_name("twistd")
+    if not candidate.exists():
+        raise RuntimeError(f"no twistd next to {sys.executable}; install the test dependencies")
+    return str(candidate)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited early with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"server did not listen on {port} within {timeout} s")
+
+
+@attrs.define
+class ServerProcess:
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_server(
+    *args: str,
+    port: int | None = None,
+    endpoint: str = "tcp:{port}:interface=127.0.0.1",
+    env: dict[str, str] | None = None,
+    twistd_args: tuple[str, ...] = (),
+) -> ServerProcess:
+    """Start improto with ``args`` after ``improto``; returns once it listens."""
+    port = port or free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="improto-server-"))
+    log_path = workdir / "server.log"
+    command = [
+        twistd_path(), "-n", "--pidfile=", *twistd_args, "improto",
+        "--port", endpoint.format(port=port), *args,
+    ]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+    server = ServerProcess(port, process, log_path)
+    try:
+        wait_for_port(port, process)
+    except RuntimeError as e:
+        server.stop()
+        raise RuntimeError(f"{e}\n--- server log ---\n{server.log()}") from None
+    return server
+
+
+@pytest.fixture
+def server() -> Iterator[ServerProcess]:
+    running = start_server("--rate", "0")
+    try:
+        yield running
+    finally:
+        running.stop()

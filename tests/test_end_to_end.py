@@ -1,0 +1,276 @@
+"""
+improto as users run it: ``twistd -n improto`` in a subprocess, real
+sockets, a real WebSocket client library (``websockets``).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import urllib.error
+import urllib.request
+from urllib.parse import quote
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from tests import wsframes
+from tests.serverproc import ServerProcess, start_server, twistd_path
+from tests.serverproc import server  # noqa: F401  (fixture)
+
+TIMEOUT = 5
+
+
+def recv_json(ws, timeout: float = TIMEOUT) -> dict:
+    return json.loads(ws.recv(timeout=timeout))
+
+
+def assert_silent(ws, timeout: float = 0.3) -> None:
+    with pytest.raises(TimeoutError):
+        ws.recv(timeout=timeout)
+
+
+def test_seed_group_and_private_chat(server: ServerProcess) -> None:
+    with connect(f"{server.ws}/ws/{quote('小二')}") as xiaoer, \
+            connect(f"{server.ws}/bob") as bob, \
+            connect(f"{server.ws}/ws/carol") as carol:
+        xiaoer.send(json.dumps({"username": "小二", "msg": "大家好"}))
+        for ws in (bob, carol):
+            got = recv_json(ws)
+            assert (got["username"], got["sender"], got["msg"]) == ("小二", "小二", "大家好")
+        assert_silent(xiaoer)
+
+        bob.send(json.dumps({"to_user": "小二", "msg": "悄悄话"}))
+        got = recv_json(xiaoer)
+        assert (got["from_user"], got["msg"]) == ("bob", "悄悄话")
+        assert_silent(carol)
+
+        carol.send("raw text, as the 004 page sends it")
+        assert recv_json(bob)["msg"] == "raw text, as the 004 page sends it"
+
+
+def test_unknown_recipient_is_answered_and_the_server_lives_on(server: ServerProcess) -> None:
+    with connect(f"{server.ws}/ws/alice") as alice, connect(f"{server.ws}/ws/bob") as bob:
+        alice.send(json.dumps({"to_user": "nobody", "msg": "hello?"}))
+        error = recv_json(alice)
+        assert error["code"] == "unknown_user" and error["username"] == "improto"
+        alice.send(json.dumps({"to_user": "bob", "msg": "and you?"}))
+        assert recv_json(bob)["msg"] == "and you?"
+
+
+def test_native_dialect_round_trip(server: ServerProcess) -> None:
+    with connect(f"{server.ws}/ws/nat", subprotocols=["improto.v1"]) as nat, \
+            connect(f"{server.ws}/ws/max", subprotocols=["improto.v1"]) as mx:
+        assert recv_json(nat)["type"] == "welcome"
+        assert recv_json(mx)["type"] == "welcome"
+        assert [recv_json(nat)["event"] for _ in range(2)] == ["online", "join"]
+        nat.send(json.dumps({"type": "join", "group": "dev", "id": "j"}))
+        assert recv_json(nat) == {"type": "ack", "id": "j"}
+        mx.send(json.dumps({"type": "join", "group": "dev", "id": "k"}))
+        assert recv_json(mx) == {"type": "ack", "id": "k"}
+        assert recv_json(nat) == {"type": "presence", "event": "join", "user": "max", "group": "dev"}
+        mx.send(json.dumps({"type": "send", "group": "dev", "msg": "hi dev", "id": "1"}))
+        assert recv_json(mx) == {"type": "ack", "id": "1"}
+        assert recv_json(nat)["msg"] == "hi dev"
+        nat.send(json.dumps({"type": "who", "group": "dev", "id": "w"}))
+        assert recv_json(nat) == {"type": "who", "group": "dev", "users": ["max", "nat"], "id": "w"}
+
+
+def raw_client(server: ServerProcess, path: str) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
+    sock.sendall(wsframes.handshake(path))
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += sock.recv(4096)
+    assert response.startswith(b"HTTP/1.1 101")
+    return sock
+
+
+def read_close_code(sock: socket.socket) -> int:
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+        frames = wsframes.parse_frames(data)
+        closes = [p for op, p, _ in frames if op == 8]
+        if closes:
+            return wsframes.close_code(closes[0])
+    raise AssertionError("connection ended without a close frame")
+
+
+@pytest.mark.parametrize(
+    "frame, code",
+    [
+        (wsframes.client_frame(b"\xc3\x28 not utf-8", opcode=1), 1007),
+        (wsframes.client_frame(b"x" * 300_000, opcode=1), 1009),
+        (wsframes.client_frame(b"ping", opcode=9, fin=False), 1002),
+        (wsframes.client_frame(b"x", opcode=3), 1002),
+    ],
+    ids=["bad-utf8", "oversized", "fragmented-control", "reserved-opcode"],
+)
+def test_protocol_violations_get_close_codes_and_others_keep_chatting(
+    server: ServerProcess, frame: bytes, code: int
+) -> None:
+    with connect(f"{server.ws}/ws/alice") as alice, connect(f"{server.ws}/ws/bob") as bob:
+        rogue = raw_client(server, "/ws/rogue")
+        rogue.sendall(frame)
+        assert read_close_code(rogue) == code
+        rogue.close()
+        alice.send("still here")
+        assert recv_json(bob)["msg"] == "still here"
+
+
+def test_bad_input_gets_error_frames_on_a_live_connection(server: ServerProcess) -> None:
+    with connect(f"{server.ws}/ws/alice", subprotocols=["improto.v1"]) as alice:
+        recv_json(alice)
+        alice.send(b"\x00binary")
+        assert recv_json(alice)["code"] == "binary_not_supported"
+        alice.send('{"type": "send", "group": "lobby"}')
+        assert recv_json(alice)["code"] == "bad_message"
+        alice.send('{"type": "fly"}')
+        assert recv_json(alice)["code"] == "unknown_type"
+        alice.send("y" * 70_000)
+        assert recv_json(alice)["code"] == "too_large"
+        alice.send(json.dumps({"type": "who", "group": "lobby", "id": "ok"}))
+        assert recv_json(alice)["users"] == ["alice"]
+
+
+@pytest.mark.parametrize("nickname", ["", "%00", "x" * 33, "%E2%80%AEevil"])
+def test_bad_nicknames_are_refused_with_1008(server: ServerProcess, nickname: str) -> None:
+    with connect(f"{server.ws}/ws/{nickname}") as ws:
+        error = recv_json(ws)
+        assert error["code"] == "bad_name"
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=TIMEOUT)
+    assert closed.value.rcvd.code == 1008
+
+
+def test_a_flood_is_limited_and_nothing_vanishes() -> None:
+    flood_server = start_server("--rate", "5")
+    try:
+        with connect(f"{flood_server.ws}/ws/flooder", subprotocols=["improto.v1"]) as flooder, \
+                connect(f"{flood_server.ws}/ws/reader") as reader:
+            recv_json(flooder)
+            sent = 200
+            for i in range(sent):
+                flooder.send(json.dumps({"type": "send", "group": "lobby", "msg": str(i), "id": str(i)}))
+            answers = []
+            while len(answers) < sent:
+                frame = recv_json(flooder)
+                if frame["type"] != "presence":
+                    answers.append(frame)
+            acked = [a["id"] for a in answers if a["type"] == "ack"]
+            refused = [a["id"] for a in answers if a.get("code") == "rate_limited"]
+            assert len(acked) + len(refused) == sent
+            assert 0 < len(acked) < sent
+            delivered = [recv_json(reader)["msg"] for _ in acked]
+            assert delivered == acked
+            assert_silent(reader)
+    finally:
+        flood_server.stop()
+    refusals = [line for line in flood_server.log().splitlines() if "Refused a frame" in line]
+    assert len(refusals) == 1 and "rate_limited" in refusals[0]
+
+
+def test_http_routes(server: ServerProcess) -> None:
+    page = urllib.request.urlopen(f"{server.http}/", timeout=TIMEOUT)
+    assert page.headers["content-type"].startswith("text/html")
+    assert b"<html" in page.read().lower()
+    assert urllib.request.urlopen(f"{server.http}/ws", timeout=TIMEOUT).status == 200
+    health = json.load(urllib.request.urlopen(f"{server.http}/healthz", timeout=TIMEOUT))
+    assert health["status"] == "ok" and health["backend"]["state"] == "ok"
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(f"{server.http}/nope", timeout=TIMEOUT)
+    assert missing.value.code == 404
+
+
+def test_static_option_replaces_the_page(tmp_path) -> None:
+    page = tmp_path / "mine.html"
+    page.write_text("<html><body>my own page</body></html>")
+    custom = start_server("--static", str(page))
+    try:
+        body = urllib.request.urlopen(f"{custom.http}/", timeout=TIMEOUT).read()
+        assert body == page.read_bytes()
+    finally:
+        custom.stop()
+
+
+def self_signed_certificate(tmp_path):
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    key_path, cert_path = tmp_path / "key.pem", tmp_path / "cert.pem"
+    key_path.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
+
+
+def test_tls_endpoint_serves_wss(tmp_path) -> None:
+    import ssl
+
+    key_path, cert_path = self_signed_certificate(tmp_path)
+    endpoint = f"ssl:{{port}}:privateKey={key_path}:certKey={cert_path}:interface=127.0.0.1"
+    secure = start_server(endpoint=endpoint)
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with connect(f"wss://127.0.0.1:{secure.port}/ws/alice", ssl=context) as alice, \
+                connect(f"wss://127.0.0.1:{secure.port}/ws/bob", ssl=context) as bob:
+            alice.send("over TLS")
+            assert recv_json(bob)["msg"] == "over TLS"
+    finally:
+        secure.stop()
+
+
+def test_sigterm_closes_websockets_with_1001_and_exits_cleanly() -> None:
+    running = start_server()
+    with connect(f"{running.ws}/ws/alice") as alice:
+        running.process.send_signal(signal.SIGTERM)
+        with pytest.raises(ConnectionClosed) as closed:
+            alice.recv(timeout=TIMEOUT)
+    assert closed.value.rcvd.code == 1001
+    # twistd ends a graceful SIGTERM shutdown by re-raising the signal.
+    assert running.process.wait(TIMEOUT) in (0, -signal.SIGTERM)
+    assert "Server Shut Down" in running.log()
+    assert "Closed 1 connections with 1001" in running.log()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--backend", "carrier-pigeon://"], "unsupported backend URL"),
+        (["--max-message-size", "-5"], "max-message-size"),
+        (["--port", "tcp:notaport"], "--port"),
+        (["--port", "ssl:8443:privateKey=/nonexistent.pem"], "--port"),
+    ],
+)
+def test_bad_options_fail_with_a_short_error(tmp_path, args, message) -> None:
+    result = subprocess.run(
+        [twistd_path(), "-n", "--pidfile=", "improto", *args],
+        cwd=tmp_path, capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert message in output
+    assert "Traceback" not in output
