@@ -64,6 +64,8 @@ class Session:
     bucket: TokenBucket
     groups: set[str] = attrs.field(factory=set)
     echo: bool = False
+    #: Receives a group's frames but is nobody: no presence, no sending.
+    listener: bool = False
     closed: bool = False
     #: Error codes already logged for this session: log once, not per frame.
     logged: set[str] = attrs.field(factory=set)
@@ -140,6 +142,21 @@ class Router:
         self._subscribe("echo:" + session.id, self._deliver_echo, session)
         return session
 
+    def connect_listener(self, link: SessionLink, group: str) -> Session:
+        """
+        Register an anonymous connection that only receives what is
+        published to ``group`` (a live feed, like the voting example's
+        viewers). It appears in no presence list.
+        """
+        session = self._new_session(link, "", native=False)
+        session.listener = True
+        session.groups.add(group)
+        members = self._group_members[group]
+        members.add(session)
+        if len(members) == 1:
+            self._subscribe(_group_channel(group), self._deliver_to_group, group)
+        return session
+
     def _new_session(self, link: SessionLink, user: str, native: bool) -> Session:
         session_id = f"{self.backend.node_id}-{next(self._ids)}"
         bucket = TokenBucket(self.limits.rate, self.limits.burst)
@@ -155,6 +172,14 @@ class Router:
         del self.sessions[session.id]
         if session.echo:
             self._unsubscribe("echo:" + session.id)
+            return
+        if session.listener:
+            for group in session.groups:
+                members = self._group_members[group]
+                members.discard(session)
+                if not members:
+                    del self._group_members[group]
+                    self._unsubscribe(_group_channel(group))
             return
         for group in sorted(session.groups):
             self._leave(session, group)
@@ -331,7 +356,7 @@ class Router:
     def _join(self, session: Session, group: str) -> Deferred[Any]:
         session.groups.add(group)
         members = self._group_members[group]
-        user_already_here = any(m.user == session.user for m in members)
+        user_already_here = any(m.user == session.user and not m.listener for m in members)
         members.add(session)
         waits = []
         if len(members) == 1:
@@ -353,7 +378,7 @@ class Router:
         members = self._group_members[group]
         members.discard(session)
         waits = []
-        if not any(m.user == session.user for m in members):
+        if not any(m.user == session.user and not m.listener for m in members):
             waits.append(
                 self._announce_removed(
                     _group_scope(group),

@@ -19,7 +19,7 @@ from twisted.web.static import Data, File
 
 from improto.router import Router
 from improto.settings import Settings
-from improto.websocket import ChatServerFactory
+from improto.websocket import ChatServerFactory, FeedHandler, FeedServerFactory
 
 
 def websocket_resource(
@@ -34,6 +34,25 @@ def websocket_resource(
 
         reactor = global_reactor
     return WebSocketResource(ChatServerFactory(router, settings, reactor))
+
+
+def feed_resource(
+    router: Router,
+    group: str,
+    on_text: FeedHandler,
+    settings: Settings = Settings(),
+    reactor: Any = None,
+) -> WebSocketResource:
+    """
+    A leaf resource for a live feed: every connection receives what
+    ``router.publish(..., group=group)`` sends, on every node, and its text
+    frames are passed to ``on_text(text, reply)``.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    return WebSocketResource(FeedServerFactory(router, group, on_text, settings, reactor))
 
 
 def default_page() -> Resource:

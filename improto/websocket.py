@@ -72,76 +72,34 @@ def parse_chat_path(path: str) -> str:
     return codec.check_name(nickname)
 
 
-class ChatServerProtocol(QuietLoggingMixin, WebSocketServerProtocol):
-    """One client connection on a chat route or the echo route."""
+class LinkProtocol(QuietLoggingMixin, WebSocketServerProtocol):
+    """
+    What every improto connection shares: being a router ``SessionLink``,
+    and sharing one framed (and compressed) broadcast with its peers.
+    """
 
-    factory: ChatServerFactory
     _session: Session | None = None
-    _refusal: ProtocolError | None = None
-    _nickname: str = ""
-    _native: bool = False
-    _echo: bool = False
     #: (window bits, mem level) when our frames are context-free deflate,
     #: so that one compressed frame may be shared; None when uncompressed.
     compression_key: tuple[int, int] | None = None
-
-    def onConnect(self, request: ConnectionRequest) -> str | None:
-        options = self.factory.options
-        if request.path == options.echo_path:
-            self._echo = True
-            self.maxMessagePayloadSize = max(options.max_message_size, ECHO_MAX_MESSAGE_SIZE)
-            self.perMessageCompressionAccept = _accept_as_offered(self.maxMessagePayloadSize)
-            return None
-        # Room for a frame a little over the limit, so the client gets a
-        # readable too_large error instead of a dropped connection.
-        self.maxMessagePayloadSize = options.max_message_size * 4
-        self.perMessageCompressionAccept = _accept_shareable(self.maxMessagePayloadSize)
-        try:
-            self._nickname = parse_chat_path(request.path)
-        except ProtocolError as e:
-            self._refusal = e
-        if codec.NATIVE_SUBPROTOCOL in request.protocols:
-            self._native = True
-            return codec.NATIVE_SUBPROTOCOL
-        return None
+    #: True when deflate keeps context: every frame is compressed per link.
+    _per_connection_compression = False
 
     def onOpen(self) -> None:
         pmce = self._perMessageCompress
         if isinstance(pmce, PerMessageDeflate) and pmce.server_no_context_takeover:
             self.compression_key = (pmce.server_max_window_bits, pmce.mem_level)
         elif pmce is not None:
-            self.compression_key = None
             self._per_connection_compression = True
-        router = self.factory.router
-        if self._echo:
-            self._session = router.connect_echo(self)
-            return
-        if self._refusal is not None:
-            _log.info("Refused connection from {peer}: {reason}", peer=self.peer,
-                      reason=self._refusal.reason)
-            self.send_frame(codec.error(self._refusal, self._native), False)
-            self.close(CLOSE_POLICY, self._refusal.reason)
-            return
-        self._session = router.connect(self, self._nickname, native=self._native)
+        self._session = self.open_session(self.factory.router)
 
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        session = self._session
-        if session is None:
-            return
-        if isBinary:
-            self.factory.router.receive_binary(session, payload)
-        else:
-            # Autobahn has already failed the connection (1007) for bad UTF-8.
-            self.factory.router.receive_text(session, payload.decode("utf-8"), len(payload))
+    def open_session(self, router: Router) -> Session | None:
+        raise NotImplementedError
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self._session is not None:
             self.factory.router.disconnect(self._session)
             self._session = None
-
-    # -- SessionLink -------------------------------------------------------
-
-    _per_connection_compression = False
 
     def send_frame(self, data: bytes, binary: bool) -> None:
         if self.state == WebSocketServerProtocol.STATE_OPEN:
@@ -172,6 +130,91 @@ class ChatServerProtocol(QuietLoggingMixin, WebSocketServerProtocol):
                     wire = frame(deflate(data, *key), binary, compressed=True)
                 framed[key] = wire
             link.sendData(wire)
+
+
+class ChatServerProtocol(LinkProtocol):
+    """One client connection on a chat route or the echo route."""
+
+    factory: ChatServerFactory
+    _refusal: ProtocolError | None = None
+    _nickname: str = ""
+    _native: bool = False
+    _echo: bool = False
+
+    def onConnect(self, request: ConnectionRequest) -> str | None:
+        options = self.factory.options
+        if request.path == options.echo_path:
+            self._echo = True
+            self.maxMessagePayloadSize = max(options.max_message_size, ECHO_MAX_MESSAGE_SIZE)
+            self.perMessageCompressionAccept = _accept_as_offered(self.maxMessagePayloadSize)
+            return None
+        # Room for a frame a little over the limit, so the client gets a
+        # readable too_large error instead of a dropped connection.
+        self.maxMessagePayloadSize = options.max_message_size * 4
+        self.perMessageCompressionAccept = _accept_shareable(self.maxMessagePayloadSize)
+        try:
+            self._nickname = parse_chat_path(request.path)
+        except ProtocolError as e:
+            self._refusal = e
+        if codec.NATIVE_SUBPROTOCOL in request.protocols:
+            self._native = True
+            return codec.NATIVE_SUBPROTOCOL
+        return None
+
+    def open_session(self, router: Router) -> Session | None:
+        if self._echo:
+            return router.connect_echo(self)
+        if self._refusal is not None:
+            _log.info("Refused connection from {peer}: {reason}", peer=self.peer,
+                      reason=self._refusal.reason)
+            self.send_frame(codec.error(self._refusal, self._native), False)
+            self.close(CLOSE_POLICY, self._refusal.reason)
+            return None
+        return router.connect(self, self._nickname, native=self._native)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        session = self._session
+        if session is None:
+            return
+        if isBinary:
+            self.factory.router.receive_binary(session, payload)
+        else:
+            # Autobahn has already failed the connection (1007) for bad UTF-8.
+            self.factory.router.receive_text(session, payload.decode("utf-8"), len(payload))
+
+
+#: ``on_text(text, reply)`` of a feed: ``reply`` answers the sender alone.
+FeedHandler = Callable[[str, Callable[[Any], None]], None]
+
+
+class FeedServerProtocol(LinkProtocol):
+    """
+    A connection to a live feed: it receives whatever server-side code
+    publishes to the feed's group, and its text frames go to a handler.
+    """
+
+    factory: FeedServerFactory
+
+    def onConnect(self, request: ConnectionRequest) -> None:
+        self.maxMessagePayloadSize = self.factory.options.max_message_size
+        self.perMessageCompressionAccept = _accept_shareable(self.maxMessagePayloadSize)
+
+    def open_session(self, router: Router) -> Session | None:
+        return router.connect_listener(self, self.factory.group)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if isBinary:
+            error = ProtocolError(ErrorCode.BINARY_NOT_SUPPORTED, "This feed takes text frames only.")
+            self.send_frame(codec.error(error, native=True), False)
+            return
+        self.factory.on_text(payload.decode("utf-8"), self._reply)
+
+    def _reply(self, payload: Any) -> None:
+        if isinstance(payload, (bytes, str)):
+            data = payload.encode("utf-8") if isinstance(payload, str) else payload
+        else:
+            data = codec.encode(payload)
+        self.send_frame(data, False)
 
 
 class _ContextFreeAccept(PerMessageDeflateOfferAccept):
@@ -234,3 +277,14 @@ class ChatServerFactory(WebSocketServerFactory):
         )
         self.setProtocolOptions(perMessageCompressionAccept=_accept_shareable(
             options.max_message_size * 4))
+
+
+class FeedServerFactory(ChatServerFactory):
+    protocol = FeedServerProtocol
+
+    def __init__(
+        self, router: Router, group: str, on_text: FeedHandler, options: Settings, reactor: Any
+    ) -> None:
+        super().__init__(router, options, reactor)
+        self.group = group
+        self.on_text = on_text

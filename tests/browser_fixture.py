@@ -8,7 +8,9 @@ listening on a free port of 127.0.0.1 that we pick ourselves.
 
 Use it from another test module with::
 
-    pytest_plugins = ["tests.browser_fixture"]
+    from tests import browser_fixture
+
+    improto_server = browser_fixture.improto_server   # a module-scoped fixture
 
     def test_something(improto_server):
         improto_server.url      # "http://127.0.0.1:PORT"

@@ -16,9 +16,12 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from tests import browser_fixture
 from tests.browser_fixture import TIMEOUT_MS, RunningServer, start_server, stop_server
 
-pytest_plugins = ["tests.browser_fixture"]
+# The shared fixtures, made this module's own.
+browser = browser_fixture.browser
+improto_server = browser_fixture.improto_server
 
 try:
     from playwright.sync_api import Page, expect

@@ -274,6 +274,18 @@ class TestDelivery:
         with pytest.raises(TypeError):
             router.publish("x")
 
+    def test_listeners_receive_a_groups_feed_and_are_nobody(self, router):
+        n, sn = connect(router, "nat", native=True)
+        viewer = FakeLink()
+        listener = router.connect_listener(viewer, "votes")
+        router.publish({"cid": "1", "count": 1}, group="votes")
+        assert viewer.take() == [{"cid": "1", "count": 1}]
+        send(router, sn, {"type": "who", "group": "votes", "id": "w"})
+        assert n.take()[-1]["users"] == []
+        router.disconnect(listener)
+        router.publish({"cid": "1", "count": 2}, group="votes")
+        assert viewer.take() == []
+
     def test_close_all_uses_1001(self, router):
         a, _ = connect(router, "alice")
         router.close_all()

@@ -1,0 +1,183 @@
+"""
+Starting and stopping the servers under test, and the seeds' own venv.
+
+Servers run on CPU 0 and the load generator on CPU 1 when the machine has
+two or more CPUs (``os.sched_setaffinity``), so that each side has a core
+and the server's numbers are its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+SEED_DIR = HERE / "seed_servers"
+SEED_REQUIREMENTS = SEED_DIR / "requirements.txt"
+
+SERVER_CPU = 0
+CLIENT_CPU = 1
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("IMPROTO_CACHE") or Path.home() / ".cache" / "improto")
+
+
+def can_pin() -> bool:
+    return hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
+
+
+def pin_self_to_client_cpu() -> None:
+    if can_pin():
+        os.sched_setaffinity(0, {CLIENT_CPU})
+
+
+def _pin_server() -> None:
+    if can_pin():
+        os.sched_setaffinity(0, {SERVER_CPU})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- the seeds' venv ------------------------------------------------------------------
+
+
+def seed_python(log: callable = print) -> Path:
+    """
+    The interpreter of a venv with the seeds' pinned Flask/gevent stack,
+    created on first use under the cache dir (and re-created when
+    ``seed_servers/requirements.txt`` changes).
+    """
+    venv = cache_dir() / "seed-venv"
+    python = venv / "bin" / "python"
+    stamp = venv / "requirements.sha256"
+    want = hashlib.sha256(SEED_REQUIREMENTS.read_bytes()).hexdigest()
+    if python.exists() and stamp.exists() and stamp.read_text().strip() == want:
+        return python
+    log(f"creating the seeds' venv in {venv} (Flask 1.1.4, gevent-websocket; once) ...")
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         "-r", str(SEED_REQUIREMENTS)],
+        check=True,
+    )
+    stamp.write_text(want + "\n")
+    return python
+
+
+# -- servers --------------------------------------------------------------------------
+
+
+class Server:
+    def __init__(self, name: str, argv: list[str], port: int, log_path: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.port = port
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def start(self, timeout: float = 30.0) -> None:
+        log = open(self.log_path, "ab")
+        env = dict(os.environ, PYTHONUNBUFFERED="0", PYTHONDONTWRITEBYTECODE="1")
+        self.proc = subprocess.Popen(
+            self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=tempfile.gettempdir(), env=env, preexec_fn=_pin_server,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode}; log:\n{self.tail()}"
+                )
+            with contextlib.suppress(OSError), socket.create_connection(
+                ("127.0.0.1", self.port), timeout=0.5
+            ):
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not listen on {self.port}; log:\n{self.tail()}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def tail(self, n: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+@contextlib.contextmanager
+def running(server: Server) -> Iterator[Server]:
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def improto_argv(port: int, *extra: str) -> list[str]:
+    return [sys.executable, str(HERE / "servers" / "improto_server.py"), "127.0.0.1",
+            str(port), *extra]
+
+
+def stock_autobahn_argv(port: int) -> list[str]:
+    return [sys.executable, str(HERE / "servers" / "stock_autobahn.py"), "127.0.0.1", str(port)]
+
+
+def seed_argv(python: Path, script: str, port: int) -> list[str]:
+    return [str(python), str(SEED_DIR / script), "127.0.0.1", str(port)]
+
+
+def check_improto() -> str:
+    """
+    Where the improto under test comes from; warns when the installed copy
+    differs from this working tree (the benchmark measures what is installed).
+    """
+    try:
+        import improto
+    except ImportError:
+        sys.exit(
+            "improto is not importable by this Python. Install it (not editable) first:\n"
+            f"    {sys.executable} -m pip install {REPO} websockets"
+        )
+    installed = Path(improto.__file__).resolve().parent
+    if installed == (REPO / "improto").resolve():
+        return f"{installed} (the working tree)"
+    stale = [
+        p.name for p in sorted((REPO / "improto").glob("*.py"))
+        if not (installed / p.name).exists()
+        or (installed / p.name).read_bytes() != p.read_bytes()
+    ]
+    note = f"{installed}"
+    if stale:
+        note += (" -- WARNING: differs from the working tree in " + ", ".join(stale)
+                 + f"; reinstall: {sys.executable} -m pip install --no-deps --force-reinstall {REPO}")
+    return note
