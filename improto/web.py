@@ -13,7 +13,8 @@ from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.python.filepath import FilePath
-from twisted.web.resource import NoResource, Resource
+from twisted.web.pages import notFound
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 from twisted.web.static import Data, File
 
@@ -107,7 +108,7 @@ class RootResource(Resource):
         self._page = page
         self._health = health
 
-    def getChild(self, path: bytes, request: Request) -> Resource:
+    def getChild(self, path: bytes, request: Request) -> IResource:
         if _is_websocket_upgrade(request):
             return self._websocket
         if path in (b"", b"index.html") or (path == b"ws" and not request.postpath):
@@ -116,7 +117,7 @@ class RootResource(Resource):
             return self._health
         if isinstance(self._page, File):
             return self._page.getChild(path, request)
-        return NoResource()
+        return notFound()
 
 
 def root_resource(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Iterator
 
 import pytest
@@ -17,3 +18,16 @@ def caplog_events() -> Iterator[list[dict[str, Any]]]:
         yield events
     finally:
         globalLogPublisher.removeObserver(events.append)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Under tox (and so in CI) a skipped test is a failure: the Redis,
+    browser and packaging tests must really run, never quietly not."""
+    if not os.environ.get("IMPROTO_NO_SKIPS") or exitstatus != 0:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter else []
+    if skipped:
+        names = ", ".join(report.nodeid for report in skipped[:5])
+        print(f"\nFAIL: {len(skipped)} tests were skipped, and none may be: {names}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
