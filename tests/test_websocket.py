@@ -147,3 +147,18 @@ def test_close_removes_the_session(factory):
     assert len(factory.router.sessions) == 1
     client.protocol.connectionLost(Failure(ConnectionDone()))
     assert not factory.router.sessions
+
+
+def test_a_compression_bomb_closes_with_1009(factory):
+    import zlib
+
+    client = Client(factory, "/ws/bomber", DEFLATE)
+    victim = Client(factory, "/ws/victim")
+    client.raw(), victim.raw()
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    bomb = (compressor.compress(b"\x00" * 10_000_000) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    assert len(bomb) < 20_000
+    client.protocol.dataReceived(wsframes.client_frame(bomb, opcode=1, rsv1=True))
+    frames = client.frames()
+    assert frames[-1][0] == 8 and wsframes.close_code(frames[-1][1]) == 1009
+    assert victim.frames() == []
