@@ -48,7 +48,7 @@ class QuietLoggingMixin:
         import autobahn.websocket.protocol as ab
 
         saved = ab.pformat
-        ab.pformat = _no_format
+        ab.pformat = _no_format  # type: ignore[assignment]
         try:
             super()._connectionMade()  # type: ignore[misc]
         finally:

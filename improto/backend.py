@@ -14,7 +14,7 @@ router is written once for both.
 from __future__ import annotations
 
 import enum
-from typing import Callable
+from collections.abc import Callable
 
 import attrs
 from twisted.internet.defer import Deferred

@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import json
 import unicodedata
-from typing import Any, Union
+from typing import Any
 
 import attrs
 
@@ -92,7 +92,7 @@ class Who:
     native = True
 
 
-Command = Union[SendToGroup, SendToUser, Join, Leave, Who]
+Command = SendToGroup | SendToUser | Join | Leave | Who
 
 
 def check_name(name: str, what: str = "nickname", limit: int = MAX_NAME_LENGTH) -> str:

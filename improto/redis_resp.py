@@ -16,12 +16,15 @@ syscall and one Redis read instead of one each.
 from __future__ import annotations
 
 import collections
-from typing import Any, Callable, Protocol as TypingProtocol
+from collections.abc import Callable
+from typing import Any
+from typing import Protocol as TypingProtocol
 
 import attrs
 from redis.connection import HiredisRespSerializer, PythonRespSerializer
 from redis.utils import HIREDIS_AVAILABLE
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -210,7 +213,7 @@ class RespConnection(Protocol):
     def execute(self, *args: bytes | str | int | float) -> Deferred[Any]:
         """Send one command; fires with its reply or fails with the error."""
         if not self._open:
-            return fail(BackendUnavailable(self._lost_reason or "not connected to Redis"))
+            return fail(BackendUnavailable(f"Redis connection failed: {self._lost_reason or 'not connected'}"))
         chunks = self._pack(*args)
         d: Deferred[Any] = Deferred()
         self._pending.append(d)
@@ -278,7 +281,7 @@ class RespConnection(Protocol):
         self.abort(f"Redis did not answer within {self._timeout:g}s")
 
     def abort(self, reason: str) -> None:
-        """Drop the connection now, failing pending commands with ``reason``."""
+        """Drop the connection now; pending commands fail, citing ``reason``."""
         if self._lost_reason is None:
             self._lost_reason = reason
         self.transport.abortConnection()
@@ -308,18 +311,18 @@ class RespConnection(Protocol):
         self._flush_call = self._watchdog = None
         self._outgoing = []
         if self._lost_reason is None:
-            self._lost_reason = f"lost connection to Redis: {_one_line(reason)}"
+            self._lost_reason = _one_line(reason)
         pending, self._pending = self._pending, collections.deque()
         # Owners hear of the loss first, so that code woken by the failures
         # below already sees the backend as unavailable.
         self.lost.callback(self._lost_reason)
-        error = BackendUnavailable(self._lost_reason)
+        error = BackendUnavailable(f"Redis connection failed: {self._lost_reason}")
         for d in pending:
             d.errback(error)
 
 
 def _one_line(reason: Failure | None) -> str:
-    if reason is None:
-        return "connection closed"
-    text = reason.getErrorMessage()
-    return " ".join(text.split()).rstrip(".")
+    if reason is None or reason.check(ConnectionDone):
+        return "connection closed by Redis"
+    text = " ".join(reason.getErrorMessage().split()).rstrip(".")
+    return f"connection lost ({text})"

@@ -42,10 +42,12 @@ import functools
 import random
 import re
 import uuid
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import attrs
+import redis
 from twisted.internet.defer import Deferred, FirstError, fail, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.error import ConnectError, DNSLookupError
@@ -199,6 +201,52 @@ def _as_unavailable(failure: Failure, what: str) -> Failure:
     return failure
 
 
+def check_reachable(url: str, timeout: float = 3.0) -> None:
+    """
+    Connect, authenticate, select the db and PING, with blocking redis-py.
+
+    For command-line validation before the reactor runs (``twistd
+    improto`` options), so a wrong address is a one-line usage error
+    rather than a traceback; never call it on the reactor thread. Raises
+    ``ValueError`` for a malformed URL and :class:`BackendUnavailable` for
+    everything else, each in one line without the password.
+    """
+    address, _ = parse_redis_url(url)
+    where = address.display
+    client = redis.Redis(
+        host=address.host,
+        port=address.port,
+        db=address.db,
+        username=address.username,
+        password=address.password,
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+    )
+    try:
+        client.ping()
+    except redis.AuthenticationError as e:
+        raise BackendUnavailable(f"Redis at {where} refused AUTH: {e}") from None
+    except (redis.ConnectionError, redis.TimeoutError) as e:
+        cause = e.__context__
+        if isinstance(cause, OSError) and cause.strerror:
+            reason = cause.strerror
+        elif isinstance(e, redis.TimeoutError) or isinstance(cause, TimeoutError):
+            reason = f"no answer within {timeout:g}s"
+        else:
+            reason = str(e)
+        raise BackendUnavailable(f"cannot reach Redis at {where}: {_one_line_text(reason)}") from None
+    except redis.ResponseError as e:
+        raise BackendUnavailable(f"Redis at {where} refused db {address.db}: {e}") from None
+    except redis.RedisError as e:
+        raise BackendUnavailable(f"Redis at {where}: {_one_line_text(str(e))}") from None
+    finally:
+        client.close()
+
+
+def _one_line_text(text: str) -> str:
+    return " ".join(text.split()).rstrip(".")
+
+
 @attrs.define
 class RedisStats:
     """Counters for tests, benchmarks and ``/healthz`` detail."""
@@ -207,7 +255,7 @@ class RedisStats:
     subscriber: RespStats = attrs.field(factory=RespStats)
     published: int = 0
     received: int = 0
-    reconnects: int = 0
+    reconnect_attempts: int = 0
     decode_errors: collections.Counter[str] = attrs.field(factory=collections.Counter)
 
 
@@ -225,7 +273,7 @@ class _Link:
         self,
         backend: RedisBackend,
         name: str,
-        prepare: Callable[[RespConnection], Awaitable[Any] | Deferred[Any] | None],
+        prepare: Callable[[RespConnection], Coroutine[Any, Any, None]],
         stats: RespStats,
         on_message: Callable[[bytes, bytes], None] | None = None,
     ) -> None:
@@ -243,6 +291,8 @@ class _Link:
                 on_message=on_message,
             )
         )
+        # One "Starting factory" line per reconnect attempt is noise.
+        self._factory.noisy = False
         self._endpoint = HostnameEndpoint(
             backend.reactor,
             backend.address.host,
@@ -270,23 +320,16 @@ class _Link:
         def connected(conn: RespConnection) -> Deferred[RespConnection]:
             self._conn = conn
             conn.lost.addCallback(self._lost, conn)
-            return maybeDeferred(self._run_prepare, conn).addCallbacks(
-                lambda _: self._prepared(conn), lambda f: self._unprepared(conn, f)
-            )
+            prepared = maybeDeferred(lambda: Deferred.fromCoroutine(self._prepare(conn)))
+            return prepared.addCallbacks(lambda _: self._prepared(conn), lambda f: self._unprepared(conn, f))
 
         return attempt.addCallbacks(connected, unreachable)
 
-    def _run_prepare(self, conn: RespConnection) -> Any:
-        result = self._prepare(conn)
-        if isinstance(result, Deferred):
-            return result
-        if result is not None:
-            return Deferred.fromCoroutine(result)  # type: ignore[arg-type]
-        return None
-
     def _prepared(self, conn: RespConnection) -> RespConnection:
+        if self.closing:
+            raise BackendUnavailable(f"{self.name} connection closed while being set up")
         if not conn.is_open:
-            raise BackendUnavailable(f"lost connection to Redis at {self.backend.address.display}")
+            raise BackendUnavailable(f"lost {self.name} connection to Redis at {self.backend.address.display}")
         self.ready = conn
         self._failures = 0
         self.backend._link_ready(self)
@@ -295,6 +338,8 @@ class _Link:
     def _unprepared(self, conn: RespConnection, failure: Failure) -> Failure:
         if conn.is_open:
             conn.abort("set-up failed")
+        while isinstance(failure.value, FirstError):
+            failure = failure.value.subFailure
         if failure.check(BackendUnavailable):
             return failure
         where = self.backend.address.display
@@ -320,7 +365,7 @@ class _Link:
 
     def _retry(self) -> None:
         self._retry_call = None
-        self.backend.stats.reconnects += 1
+        self.backend.stats.reconnect_attempts += 1
         self.connect().addErrback(self._retry_failed)
 
     def _retry_failed(self, failure: Failure) -> None:
@@ -363,6 +408,7 @@ class RedisBackend:
         self._state = BackendState.STARTING
         self._detail = f"not started; Redis at {address.display}"
         self._down_since: float | None = None
+        self._stopping: Deferred[None] | None = None
         self._wanted: dict[str, EnvelopeCallback] = {}
         # Subscriptions on the current subscriber connection: SUBSCRIBE
         # sent, SUBSCRIBE confirmed, and callers waiting for the latest
@@ -374,7 +420,7 @@ class RedisBackend:
         # confirmed: both are replayed on reconnect so Redis converges.
         self._presence: set[tuple[str, str]] = set()
         self._tombstones: set[tuple[str, str]] = set()
-        self._cmd = _Link(self, "commands", self._prepare_commands, self.stats.commands)
+        self._cmd = _Link(self, "command", self._prepare_commands, self.stats.commands)
         self._sub = _Link(
             self, "subscriber", self._prepare_subscriber, self.stats.subscriber, self._on_message
         )
@@ -434,9 +480,9 @@ class RedisBackend:
             )
 
         def failed(failure: Failure) -> Deferred[None]:
+            while isinstance(failure.value, FirstError):
+                failure = failure.value.subFailure
             error = failure.value
-            if isinstance(error, FirstError):
-                error = error.subFailure.value
             if self._state is BackendState.STARTING:
                 self._detail = str(error)
             closed = gatherResults([self._cmd.close(), self._sub.close()])
@@ -445,11 +491,18 @@ class RedisBackend:
         return d.addCallback(started).addErrback(failed)
 
     def stop(self) -> Deferred[None]:
-        return Deferred.fromCoroutine(self._stop())
+        if self._stopping is None:
+            self._stopping = Deferred.fromCoroutine(self._stop())
+        done: Deferred[None] = Deferred()
+
+        def relay(result: object) -> object:
+            done.callback(None)
+            return result
+
+        self._stopping.addBoth(relay)
+        return done
 
     async def _stop(self) -> None:
-        if self._state is BackendState.STOPPED:
-            return
         self._state = BackendState.STOPPED
         self._detail = "stopped"
         if self._heartbeat.running:
@@ -499,16 +552,15 @@ class RedisBackend:
                 entries=len(self._presence),
             )
 
-    def _link_lost(self, link: _Link, reason: str) -> None:
+    def _link_lost(self, link: _Link, cause: str) -> None:
+        reason = f"lost {link.name} connection to Redis at {self.address.display}: {cause}"
         if self._state is BackendState.OK:
             self._state = BackendState.UNAVAILABLE
             self._down_since = self.reactor.seconds()
             _log.warn(
-                "Redis backend: {reason} ({link} connection); publish and presence "
-                "fail until it is back, reconnecting",
+                "Redis backend: {reason}; publish and presence fail until it is back, reconnecting",
                 node_id=self.node_id,
                 reason=reason,
-                link=link.name,
             )
         if self._state is BackendState.UNAVAILABLE:
             self._detail = f"{reason}; reconnecting"
@@ -613,7 +665,9 @@ class RedisBackend:
         conn = self._sub.ready
         if conn is None:
             return fail(
-                BackendUnavailable(f"cannot subscribe {channel!r} now: {self._detail}; will on reconnect")
+                BackendUnavailable(
+                    f"cannot subscribe {channel!r} yet ({self._detail}); it will be once Redis is back"
+                )
             )
         if channel in self._sub_active:
             return succeed(None)

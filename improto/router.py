@@ -14,7 +14,8 @@ import functools
 import itertools
 import time
 from collections import defaultdict
-from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 import attrs
 from twisted.internet.defer import Deferred, gatherResults, succeed
@@ -525,7 +526,8 @@ def _first_error(failure: Failure) -> Failure:
     """Unwrap gatherResults' FirstError so callers see the real failure."""
     from twisted.internet.defer import FirstError
 
-    if failure.check(FirstError):
-        return failure.value.subFailure
+    if isinstance(failure.value, FirstError):
+        sub_failure: Failure = failure.value.subFailure
+        return sub_failure
     return failure
 

@@ -102,7 +102,7 @@ class RootResource(Resource):
     routes, since the seeds put nicknames right below the root.
     """
 
-    def __init__(self, websocket: Resource, page: Resource, health: Resource) -> None:
+    def __init__(self, websocket: IResource, page: IResource, health: IResource) -> None:
         super().__init__()
         self._websocket = websocket
         self._page = page

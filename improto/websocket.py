@@ -9,11 +9,12 @@ compression setting and the same bytes are written to every member.
 from __future__ import annotations
 
 import zlib
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 from urllib.parse import unquote
 
-from autobahn.util import encode_truncate
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.util import encode_truncate
 from autobahn.websocket.compress import (
     PerMessageDeflate,
     PerMessageDeflateOffer,
@@ -72,7 +73,7 @@ def parse_chat_path(path: str) -> str:
     return codec.check_name(nickname)
 
 
-class LinkProtocol(QuietLoggingMixin, WebSocketServerProtocol):
+class LinkProtocol(QuietLoggingMixin, WebSocketServerProtocol):  # type: ignore[misc]
     """
     What every improto connection shares: being a router ``SessionLink``,
     and sharing one framed (and compressed) broadcast with its peers.
@@ -257,7 +258,7 @@ def _accept_as_offered(max_message_size: int) -> Callable[[list[Any]], Any]:
 
 
 class ChatServerFactory(WebSocketServerFactory):
-    protocol = ChatServerProtocol
+    protocol: type[LinkProtocol] = ChatServerProtocol
 
     def __init__(self, router: Router, options: Settings, reactor: Any) -> None:
         super().__init__(reactor=reactor)
@@ -280,7 +281,7 @@ class ChatServerFactory(WebSocketServerFactory):
 
 
 class FeedServerFactory(ChatServerFactory):
-    protocol = FeedServerProtocol
+    protocol: type[LinkProtocol] = FeedServerProtocol
 
     def __init__(
         self, router: Router, group: str, on_text: FeedHandler, options: Settings, reactor: Any

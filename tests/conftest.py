@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from twisted.logger import globalLogPublisher
@@ -31,3 +32,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         names = ", ".join(report.nodeid for report in skipped[:5])
         print(f"\nFAIL: {len(skipped)} tests were skipped, and none may be: {names}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+from tests.serverproc import server  # noqa: E402,F401  (a fixture for every module)

@@ -19,7 +19,6 @@ from websockets.sync.client import connect
 
 from tests import wsframes
 from tests.serverproc import ServerProcess, start_server, twistd_path
-from tests.serverproc import server  # noqa: F401  (fixture)
 
 TIMEOUT = 5
 
