@@ -20,5 +20,8 @@ class Settings:
     ping_interval: float = 30.0
     #: Request path of the echo route (the conformance suite's target).
     echo_path: str = "/echo"
+    #: Bytes the server queues for a client that stopped reading before it
+    #: drops the connection (a slow or stuck consumer).
+    max_backlog: int = 4 * 1024 * 1024
     #: Seconds to wait for clients to answer the 1001 close at shutdown.
     shutdown_grace: float = 3.0

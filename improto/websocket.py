@@ -85,6 +85,11 @@ class LinkProtocol(QuietLoggingMixin, WebSocketServerProtocol):  # type: ignore[
     compression_key: tuple[int, int] | None = None
     #: True when deflate keeps context: every frame is compressed per link.
     _per_connection_compression = False
+    #: Set while the kernel will not take more bytes for this client.
+    _paused = False
+    #: Bytes queued for this client since it stopped reading.
+    _backlog = 0
+    _dropping = False
 
     def onOpen(self) -> None:
         pmce = self._perMessageCompress
@@ -92,7 +97,52 @@ class LinkProtocol(QuietLoggingMixin, WebSocketServerProtocol):  # type: ignore[
             self.compression_key = (pmce.server_max_window_bits, pmce.mem_level)
         elif pmce is not None:
             self._per_connection_compression = True
+        self._watch_backpressure()
         self._session = self.open_session(self.factory.router)
+
+    def _watch_backpressure(self) -> None:
+        """
+        Become the transport's producer, so that Twisted tells us when a
+        client stops reading. Without this a client that never reads makes
+        the server buffer every broadcast for it, without bound.
+        """
+        transport = self.transport
+        if transport is None or not hasattr(transport, "registerProducer"):
+            return
+        # twisted.web's HTTPChannel is still registered from the upgrade.
+        transport.unregisterProducer()
+        transport.registerProducer(self, True)
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._backlog = 0
+
+    def stopProducing(self) -> None:
+        self._paused = False
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        if self._dropping:
+            return
+        if self._paused:
+            self._backlog += len(data)
+            if self._backlog > self.factory.options.max_backlog:
+                self._drop_slow_consumer()
+                return
+        super().sendData(data, sync, chopsize)
+
+    def _drop_slow_consumer(self) -> None:
+        if self._dropping:
+            return
+        self._dropping = True
+        _log.warn(
+            "Dropping {peer}: it stopped reading and {backlog} bytes are waiting for it",
+            peer=self.peer,
+            backlog=self._backlog,
+        )
+        self.transport.abortConnection()
 
     def open_session(self, router: Router) -> Session | None:
         raise NotImplementedError

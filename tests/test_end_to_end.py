@@ -273,3 +273,23 @@ def test_bad_options_fail_with_a_short_error(tmp_path, args, message) -> None:
     output = result.stdout + result.stderr
     assert message in output
     assert "Traceback" not in output
+
+
+def test_a_client_that_stops_reading_is_dropped_and_others_get_everything() -> None:
+    running = start_server("--rate", "0", "--max-message-size", "70000")
+    try:
+        stuck = socket.socket()
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stuck.connect(("127.0.0.1", running.port))
+        stuck.sendall(wsframes.handshake("/ws/stuck"))
+        with connect(f"{running.ws}/ws/sender") as sender, \
+                connect(f"{running.ws}/ws/reader", max_size=None) as reader:
+            chunk = "z" * 60_000
+            count = 150  # 9 MB for the stuck client: over the 4 MiB backlog
+            for i in range(count):
+                sender.send(json.dumps({"msg": f"{i}:{chunk}"}))
+                assert recv_json(reader)["msg"].startswith(f"{i}:")
+        stuck.close()
+    finally:
+        running.stop()
+    assert "Dropping" in running.log() and "stopped reading" in running.log()
