@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 import html
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet import defer, endpoints, task
 from twisted.logger import globalLogBeginner, textFileLogObserver

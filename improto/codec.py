@@ -218,17 +218,41 @@ def encode(obj: dict[str, Any]) -> bytes:
 
 
 def group_message(group: str, sender: str, msg: Any) -> bytes:
-    # ``sender`` is what the 004 pages read, ``username`` what the 003 page reads.
+    # The seed pages print ``sender`` (004), ``username`` (003 group page)
+    # or ``from_user`` (003 private page); every message carries all three,
+    # so each page prints every message readably.
     return encode(
-        {"type": "message", "group": group, "sender": sender, "username": sender, "msg": msg}
+        {
+            "type": "message",
+            "group": group,
+            "sender": sender,
+            "username": sender,
+            "from_user": sender,
+            "msg": msg,
+        }
     )
 
 
 def private_message(sender: str, to: str, msg: Any) -> bytes:
-    # ``from_user`` is what the 003 private page reads, ``sender`` the 004 one.
     return encode(
-        {"type": "private", "sender": sender, "from_user": sender, "to": to, "msg": msg}
+        {
+            "type": "private",
+            "sender": sender,
+            "username": sender,
+            "from_user": sender,
+            "to": to,
+            "msg": msg,
+        }
     )
+
+
+def request_id_of(text: str) -> str | None:
+    """The ``id`` of a native frame we refuse unparsed, so the error names it."""
+    try:
+        obj = json.loads(text)
+        return _request_id(obj) if is_native(obj) else None
+    except (ValueError, ProtocolError):
+        return None
 
 
 def presence(event: str, user: str, group: str | None = None) -> bytes:

@@ -211,6 +211,7 @@ class Router:
                     ErrorCode.TOO_LARGE,
                     f"Message of {size} bytes is over the limit of "
                     f"{self.limits.max_message_size} bytes; it was not delivered.",
+                    codec.request_id_of(text),
                 ),
             )
             return

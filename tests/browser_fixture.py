@@ -1,10 +1,6 @@
 """
-End-to-end helpers: a real ``twistd improto`` subprocess, and headless
-Chromium driven by Playwright.
-
-The server is started with the ``twistd`` script that sits next to
-``sys.executable`` (the test virtualenv's), from a temporary directory,
-listening on a free port of 127.0.0.1 that we pick ourselves.
+Browser helpers: headless Chromium driven by Playwright, a module-wide
+``twistd improto`` (from :mod:`tests.serverproc`), and a tiny page server.
 
 Use it from another test module with::
 
@@ -16,25 +12,20 @@ Use it from another test module with::
         improto_server.url      # "http://127.0.0.1:PORT"
         improto_server.ws_url("alice")
 
-or call :func:`start_server` / :func:`stop_server` directly.
+or call :func:`tests.serverproc.start_server` directly.
 """
 
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
-from pathlib import Path
-from typing import Any, Iterator
-from urllib.parse import quote
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
-import attrs
 import pytest
+
+from tests.serverproc import ServerProcess, start_server
 
 HOST = "127.0.0.1"
 CHROMIUM = "/usr/bin/chromium"
@@ -50,122 +41,55 @@ CHROMIUM_ARGS = [
 TIMEOUT_MS = 10_000
 
 
-def free_port(host: str = HOST) -> int:
-    """A TCP port that was free a moment ago (the server may still race us)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def twistd_script() -> str:
-    """The ``twistd`` of the Python running the tests."""
-    script = Path(sys.executable).with_name("twistd")
-    if not script.exists():
-        raise RuntimeError(
-            f"No twistd next to {sys.executable}; install Twisted and improto "
-            "(not editable: twistd cannot see an editable install's plugin) in this environment."
-        )
-    return str(script)
-
-
-def _read_log(process: subprocess.Popen[bytes]) -> str:
-    log_path = getattr(process, "log_path", None)
-    if not log_path:
-        return ""
-    try:
-        return Path(log_path).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/healthz", timeout=1) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def start_server(
-    *extra_args: str, port: int | None = None, host: str = HOST, timeout: float = 10.0
-) -> tuple[str, subprocess.Popen[bytes]]:
-    """
-    Start ``twistd -n improto`` on ``host:port`` (a free port if None) with
-    ``extra_args`` appended, and wait until ``/healthz`` answers 200.
-
-    Returns ``(base_url, process)``; the process has a ``log_path``
-    attribute (its stdout and stderr). Raises RuntimeError, with the log,
-    if the server exits or does not answer in ``timeout`` seconds.
-    """
-    chosen = port if port is not None else free_port(host)
-    workdir = tempfile.mkdtemp(prefix="improto-e2e-")
-    log_path = os.path.join(workdir, "twistd.log")
-    command = [
-        twistd_script(), "-n", "--pidfile=", "improto",
-        "--port", f"tcp:{chosen}:interface={host}", *extra_args,
-    ]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
-    process.log_path = log_path  # type: ignore[attr-defined]
-    url = f"http://{host}:{chosen}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(
-                f"twistd exited with {process.returncode} before listening:\n"
-                f"$ {' '.join(command)}\n{_read_log(process)}"
-            )
-        if _healthy(url):
-            return url, process
-        time.sleep(0.05)
-    stop_server(process)
-    raise RuntimeError(
-        f"twistd did not answer on {url}/healthz within {timeout:g} s:\n{_read_log(process)}"
-    )
-
-
-def stop_server(process: subprocess.Popen[bytes], timeout: float = 5.0) -> int:
-    """SIGTERM (a clean twistd shutdown), then SIGKILL; returns the exit code."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout)
-    return int(process.returncode)
-
-
-@attrs.define
-class RunningServer:
-    url: str
-    process: subprocess.Popen[bytes]
-
-    @property
-    def host_port(self) -> str:
-        return self.url.split("://", 1)[1]
-
-    def ws_url(self, nickname: str, prefix: str = "/ws/") -> str:
-        return f"ws://{self.host_port}{prefix}{quote(nickname, safe='')}"
-
-    def log(self) -> str:
-        return _read_log(self.process)
+RunningServer = ServerProcess
 
 
 @pytest.fixture(scope="module")
-def improto_server() -> Iterator[RunningServer]:
+def improto_server() -> Iterator[ServerProcess]:
     """One ``twistd improto`` per test module; fails the module if it dies."""
-    url, process = start_server()
-    server = RunningServer(url, process)
+    server = start_server()
     try:
         yield server
     finally:
-        died = process.poll() is not None
-        stop_server(process)
+        died = server.process.poll() is not None
+        server.stop()
     if died:
         pytest.fail(f"the improto server died during the tests:\n{server.log()}")
+
+
+def serve_pages(pages: dict[str, bytes], host: str = HOST) -> tuple[str, Callable[[], None]]:
+    """
+    Serve ``{"/path.html": body}`` as HTML from a thread on ``host``; returns
+    ``(base_url, shutdown)``. A real loopback origin, unlike a routed page:
+    Chromium's local-network checks block a routed page's loopback WebSockets.
+    """
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            body = pages.get(self.path.split("?", 1)[0])
+            if body is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer((host, 0), Handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, name="serve_pages", daemon=True)
+    thread.start()
+
+    def shutdown() -> None:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+    return f"http://{host}:{httpd.server_address[1]}", shutdown
 
 
 def launch_chromium(playwright: Any) -> Any:

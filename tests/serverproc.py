@@ -14,8 +14,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+from urllib.parse import quote
 
 import attrs
 import pytest
@@ -60,6 +61,17 @@ class ServerProcess:
     @property
     def ws(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return self.http
+
+    @property
+    def host_port(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def ws_url(self, nickname: str, prefix: str = "/ws/") -> str:
+        return f"{self.ws}{prefix}{quote(nickname, safe='')}"
 
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
 from tests import browser_fixture
-from tests.browser_fixture import TIMEOUT_MS, RunningServer, start_server, stop_server
+from tests.browser_fixture import TIMEOUT_MS, RunningServer
+from tests.serverproc import start_server
 
 # The shared fixtures, made this module's own.
 browser = browser_fixture.browser
@@ -177,6 +179,7 @@ def test_groups_unread_and_join_errors(
         page.get_by_test_id("join-group-input").fill("开发组")
         page.get_by_test_id("join-group-button").click()
         expect(page.get_by_test_id("conv-title")).to_have_text("# 开发组")
+        expect(member(page, page.get_by_test_id("me-name").inner_text())).to_be_visible()
     expect(member(bob, "carol")).to_be_visible()
     expect(messages(bob, "system").filter(has_text="carol joined")).to_have_count(1)
 
@@ -235,8 +238,7 @@ def test_refused_nickname_and_remembered_name(
 def test_reconnects_and_rejoins_after_server_restart(
     new_page: Callable[..., Page], tmp_path: Path
 ) -> None:
-    url, process = start_server()
-    server = RunningServer(url, process)
+    server = start_server()
     try:
         erin = open_chat(new_page, server, "erin")
         erin.get_by_test_id("join-group-input").fill("ops")
@@ -245,23 +247,21 @@ def test_reconnects_and_rejoins_after_server_restart(
         send(erin, "before")
         expect(messages(erin, "own").last).to_have_attribute("data-status", "delivered")
 
-        stop_server(process)
+        server.stop()
         state = erin.get_by_test_id("conn-state")
         expect(state).to_have_attribute("data-state", "reconnecting")
         expect(state).to_have_text(re.compile(r"^reconnecting in \d+s$"))
         expect(erin.get_by_test_id("send-button")).to_be_disabled()
         erin.screenshot(path=str(tmp_path / "reconnecting.png"))
 
-        port = int(url.rsplit(":", 1)[1])
-        url, process = start_server(port=port)
-        server = RunningServer(url, process)
+        server = start_server(port=server.port)
         expect(state).to_have_attribute("data-state", "online")
         # Still in #ops (re-joined): a message there is delivered, not refused.
         expect(erin.get_by_test_id("conv-title")).to_have_text("# ops")
         send(erin, "after")
         expect(messages(erin, "own").last).to_have_attribute("data-status", "delivered")
     finally:
-        stop_server(server.process)
+        server.stop()
 
 
 def test_small_screen_layout(
@@ -280,26 +280,49 @@ def test_small_screen_layout(
 # -- the seed pages (003) and the 004 client behaviour ---------------------------------
 
 
-def open_seed(
-    new_page: Callable[..., Page], server: RunningServer, name: str, nick: str
-) -> Page:
+@pytest.fixture(scope="module")
+def seed_site(improto_server: RunningServer) -> Iterator[str]:
     """
-    Serve a seed page (only its ws://127.0.0.1:5000/ address changed) from
-    the test server's origin, type a nickname and click 连接服务器.
+    The seed pages, served from a plain HTTP server on 127.0.0.1, with only
+    their ws://127.0.0.1:5000/ address changed to the test server's.
     """
-    html = (SEED_PAGES / name).read_text(encoding="utf-8")
-    assert html.count(SEED_ADDRESS) == 1
-    html = html.replace(SEED_ADDRESS, server.host_port)
+    pages = {}
+    for path in SEED_PAGES.glob("*.html"):
+        html = path.read_text(encoding="utf-8")
+        assert html.count(SEED_ADDRESS) == 1, path
+        pages["/" + path.name] = html.replace(SEED_ADDRESS, improto_server.host_port).encode()
+    base, shutdown = browser_fixture.serve_pages(pages)
+    try:
+        yield base
+    finally:
+        shutdown()
+
+
+def open_seed(new_page: Callable[..., Page], site: str, name: str, nick: str) -> Page:
+    """Open a seed page, type a nickname and click 连接服务器."""
     page = new_page()
-    address = f"{server.url}/seed/{name}"
-    page.route(address, lambda route: route.fulfill(
-        status=200, content_type="text/html; charset=utf-8", body=html))
-    page.goto(address)
+    page.goto(f"{site}/{name}")
     page.locator("#nickname").fill(nick)
     page.get_by_role("button", name="连接服务器").click()
+    # The page shows nothing when connected; its global ``ws`` tells.
     page.wait_for_function("() => ws !== null && ws.readyState === WebSocket.OPEN",
                            timeout=TIMEOUT_MS)
     return page
+
+
+def test_seed_pages_match_the_seed() -> None:
+    """The fixtures are the seed's one-line pages, with only white space added."""
+    seeds = sorted((Path(__file__).resolve().parents[2] / "shared" / "seeds").glob("003_*.txt"))
+    if not seeds:
+        pytest.skip("shared/seeds/003_*.txt is not beside the checkout")
+    lines = [
+        line for line in seeds[0].read_text(encoding="utf-8").splitlines()
+        if line.startswith("<!DOCTYPE html>")
+    ]
+    assert len(lines) == 2
+    for name, line in zip(["many_people.html", "single_chat.html"], lines, strict=True):
+        fixture = (SEED_PAGES / name).read_text(encoding="utf-8")
+        assert " ".join(fixture.split()) == line.strip(), name
 
 
 def seed_say(page: Page, text: str, to: str | None = None) -> None:
@@ -313,9 +336,9 @@ def seed_lines(page: Page, line: str) -> Any:
     return page.locator("#text > div").filter(has_text=re.compile("^" + re.escape(line) + "$"))
 
 
-def test_seed_group_page(new_page: Callable[..., Page], improto_server: RunningServer) -> None:
-    alice = open_seed(new_page, improto_server, "many_people.html", "alice")
-    xiaoer = open_seed(new_page, improto_server, "many_people.html", "小二")
+def test_seed_group_page(new_page: Callable[..., Page], seed_site: str) -> None:
+    alice = open_seed(new_page, seed_site, "many_people.html", "alice")
+    xiaoer = open_seed(new_page, seed_site, "many_people.html", "小二")
     seed_say(alice, "hello")
     expect(seed_lines(alice, "我 : hello")).to_have_count(1)
     expect(seed_lines(xiaoer, "alice : hello")).to_have_count(1)
@@ -326,9 +349,9 @@ def test_seed_group_page(new_page: Callable[..., Page], improto_server: RunningS
     expect(xiaoer.locator("#text > div")).to_have_count(2)
 
 
-def test_seed_private_page(new_page: Callable[..., Page], improto_server: RunningServer) -> None:
-    zhang = open_seed(new_page, improto_server, "single_chat.html", "张三")
-    li = open_seed(new_page, improto_server, "single_chat.html", "李四")
+def test_seed_private_page(new_page: Callable[..., Page], seed_site: str) -> None:
+    zhang = open_seed(new_page, seed_site, "single_chat.html", "张三")
+    li = open_seed(new_page, seed_site, "single_chat.html", "李四")
     seed_say(zhang, "悄悄话", to="李四")
     expect(seed_lines(li, "张三 : 悄悄话")).to_have_count(1)
     seed_say(li, "收到", to="张三")
@@ -343,10 +366,10 @@ def test_seed_private_page(new_page: Callable[..., Page], improto_server: Runnin
 
 
 def test_seed_pages_talk_with_the_new_page(
-    new_page: Callable[..., Page], improto_server: RunningServer
+    new_page: Callable[..., Page], improto_server: RunningServer, seed_site: str
 ) -> None:
-    group = open_seed(new_page, improto_server, "many_people.html", "gina")
-    single = open_seed(new_page, improto_server, "single_chat.html", "小明")
+    group = open_seed(new_page, seed_site, "many_people.html", "gina")
+    single = open_seed(new_page, seed_site, "single_chat.html", "小明")
     frank = open_chat(new_page, improto_server, "frank")
     expect(member(frank, "gina")).to_be_visible()
     expect(member(frank, "小明")).to_be_visible()

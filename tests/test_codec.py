@@ -75,7 +75,7 @@ def test_bad_names(name, fragment):
 
 def test_encoding_keeps_unicode_readable_and_compact():
     frame = codec.group_message("lobby", "小二", "你好")
-    assert frame == '{"type":"message","group":"lobby","sender":"小二","username":"小二","msg":"你好"}'.encode()
+    assert frame == '{"type":"message","group":"lobby","sender":"小二","username":"小二","from_user":"小二","msg":"你好"}'.encode()
 
 
 def test_error_frames_differ_by_dialect():

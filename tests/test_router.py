@@ -33,7 +33,7 @@ class TestSeedDialect:
         b, _ = connect(router, "bob")
         c, _ = connect(router, "carol")
         send(router, sa, {"username": "someone-else", "msg": "你好"})
-        expected = {"type": "message", "group": "lobby", "sender": "小二", "username": "小二", "msg": "你好"}
+        expected = {"type": "message", "group": "lobby", "sender": "小二", "username": "小二", "from_user": "小二", "msg": "你好"}
         assert b.take() == [expected]
         assert c.take() == [expected]
         assert a.take() == []
@@ -47,7 +47,7 @@ class TestSeedDialect:
         b, _ = connect(router, "bob")
         send(router, sa, frame)
         assert b.take() == [
-            {"type": "message", "group": "lobby", "sender": "alice", "username": "alice", "msg": msg}
+            {"type": "message", "group": "lobby", "sender": "alice", "username": "alice", "from_user": "alice", "msg": msg}
         ]
 
     def test_private_message_reaches_every_session_of_the_recipient(self, router):
@@ -56,7 +56,7 @@ class TestSeedDialect:
         b2, _ = connect(router, "bob")
         c, _ = connect(router, "carol")
         send(router, sa, {"to_user": "bob", "msg": "psst"})
-        expected = {"type": "private", "sender": "alice", "from_user": "alice", "to": "bob", "msg": "psst"}
+        expected = {"type": "private", "sender": "alice", "username": "alice", "from_user": "alice", "to": "bob", "msg": "psst"}
         assert b1.take() == [expected]
         assert b2.take() == [expected]
         assert c.take() == []
@@ -109,7 +109,7 @@ class TestNativeDialect:
         send(router, sn, {"type": "send", "group": "dev", "msg": "build is green", "id": 7})
         assert n.take() == [{"type": "ack", "id": "7"}]
         assert m.take() == [
-            {"type": "message", "group": "dev", "sender": "nat", "username": "nat", "msg": "build is green"}
+            {"type": "message", "group": "dev", "sender": "nat", "username": "nat", "from_user": "nat", "msg": "build is green"}
         ]
 
     def test_join_leave_presence_and_who(self, router):
@@ -140,7 +140,7 @@ class TestNativeDialect:
         bob, _ = connect(router, "bob")
         laptop.take(), phone.take()
         send(router, s_laptop, {"type": "private", "to": "bob", "msg": "hi", "id": "p1"})
-        expected = {"type": "private", "sender": "nat", "from_user": "nat", "to": "bob", "msg": "hi"}
+        expected = {"type": "private", "sender": "nat", "username": "nat", "from_user": "nat", "to": "bob", "msg": "hi"}
         assert bob.take() == [expected]
         assert phone.take() == [expected]
         assert laptop.take() == [{"type": "ack", "id": "p1"}]
@@ -187,6 +187,9 @@ class TestLimits:
         send(router, sa, "x" * 11)
         [error] = a.take()
         assert error["code"] == "too_large" and "11 bytes" in error["msg"]
+        send(router, sa, {"type": "send", "group": "lobby", "msg": "long", "id": "big"})
+        [error] = a.take()
+        assert error["code"] == "too_large" and error["id"] == "big"
         assert b.take() == []
         send(router, sa, "x" * 10)
         assert [f["msg"] for f in b.take()] == ["x" * 10]
