@@ -1,23 +1,59 @@
 """
 Skip debug-log formatting that stock Autobahn does even with debug off.
 
-Autobahn builds the arguments of its ``log.debug`` calls eagerly: every
-frame written pays for ``hltype``/``hlval`` colour formatting (about 2 µs
-a frame) and every connection pays for ``pformat`` of ~40 settings
-(about 1 ms). Those costs showed up at the top of profiles of a group
-broadcast and of connection churn (``benchmarks/``), so the hot paths are
-re-stated here without the log calls. Everything else is Autobahn's own.
+Autobahn builds the arguments of its ``log.debug`` calls eagerly, and
+txaio's no-op ``debug`` only discards them afterwards: ``hltype()`` of a
+bound method costs 3-4 µs (``inspect`` calls and string building),
+``pformat`` of ~40 settings about 0.35 ms, ``str()`` of a ``Failure`` about
+8 µs. Those showed up at the top of profiles of a group broadcast, of
+private messages and of connection churn (``benchmarks/profile_improto.py``),
+so the hot paths are re-stated here without the log calls, each next to
+its measured cost. Everything else is Autobahn's own, unchanged.
+
+Semantics are Autobahn's: every re-stated method does exactly what the
+stock one does apart from the ``log.debug`` call. When debug logging is on
+for the protocol's logger at the time a connection is made, that
+connection uses Autobahn's own methods throughout, so debug output is
+unchanged too. Nothing global is patched, except ``pformat`` inside
+Autobahn's ``_connectionMade``, swapped only for that call (which runs
+no code but Autobahn's) and only with debug logging off.
+
+Measured per operation on a StringTransport (``benchmarks/micro.py``,
+Autobahn 26.10, CPython 3.11 on the benchmark machine; see
+``benchmarks/README.md`` for the current numbers).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import autobahn.twisted.websocket  # noqa: F401 - selects txaio's Twisted flavour first
+import txaio
+from autobahn.twisted.util import create_transport_details
+from autobahn.util import _is_tls_error, _maybe_tls_reason
+from autobahn.wamp.types import TransportDetails
 from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
+
+_OPEN = WebSocketProtocol.STATE_OPEN
+_PRE_OPEN = (WebSocketProtocol.STATE_CONNECTING, WebSocketProtocol.STATE_PROXY_CONNECTING)
+_DEBUG_LEVELS = frozenset(("debug", "trace"))
+
+
+def debug_logging(log: Any) -> bool:
+    """Whether a txaio logger emits debug events (unknown loggers: assume so)."""
+    return getattr(log, "_log_level", "debug") in _DEBUG_LEVELS
 
 
 class QuietLoggingMixin:
-    """Mix in before ``WebSocketServerProtocol``."""
+    """
+    Mix in before ``autobahn.twisted.websocket.WebSocketServerProtocol``.
+
+    Twisted server protocols only: the re-stated methods are those of
+    Autobahn's Twisted adapter and of its server protocol.
+    """
 
     state: int
     send_queue: Any
@@ -25,34 +61,135 @@ class QuietLoggingMixin:
     trafficStats: Any
     logOctets: bool
     factory: Any
-    CONFIG_ATTRS: list[str]
+    log: Any
+    peer: str | None
+    tcpNoDelay: bool
+    is_server: bool
+    _listeners: Any
+    failedByMe: bool
+    message_data: Any
+    message_is_binary: bool
+    trackedTimings: Any
 
-    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
-        if chopsize or sync or len(self.send_queue) > 0:
-            super().sendData(data, sync, chopsize)  # type: ignore[misc]
+    #: False until ``connectionMade`` found debug logging off: Autobahn's
+    #: own methods (and debug output) until then.
+    _quiet = False
+
+    # -- once per connection -----------------------------------------------
+
+    def connectionMade(self) -> None:
+        # Stock ends with log.debug(hltype(self.connectionMade), hlval(peer)):
+        # ~4.5 µs a connection.
+        self._quiet = not debug_logging(self.log)
+        if not self._quiet:
+            super().connectionMade()  # type: ignore[misc]
             return
-        self.transport.write(data)
-        if self.state == WebSocketProtocol.STATE_OPEN:
-            self.trafficStats.outgoingOctetsWireLevel += len(data)
-        elif self.state in (
-            WebSocketProtocol.STATE_CONNECTING,
-            WebSocketProtocol.STATE_PROXY_CONNECTING,
-        ):
-            self.trafficStats.preopenOutgoingOctetsWireLevel += len(data)
-        if self.logOctets:
-            self.logTxOctets(data, False)  # type: ignore[attr-defined]
+        self._transport_details = create_transport_details(self.transport, self.is_server)
+        self._transport_details.channel_framing = TransportDetails.CHANNEL_FRAMING_WEBSOCKET
+        self.peer = self._transport_details.peer
+        try:
+            # As in Autobahn: tcpNoDelay is not set on the protocol yet at
+            # this point (it is copied from the factory in _connectionMade),
+            # so this raises AttributeError and nothing is set.
+            self.transport.setTcpNoDelay(self.tcpNoDelay)
+        except:  # noqa: E722 - Autobahn's own bare except, kept as is
+            pass
+        self._connectionMade()
 
     def _connectionMade(self) -> None:
-        # The pformat is a module global of Autobahn's; swapping it only for
-        # this call (on the reactor thread) leaves every other user alone.
+        # Server: log.debug(hltype(self._connectionMade), ...) first, ~3.7 µs;
+        # base: log.debug(pformat(~40 settings)), ~350 µs. The pformat is a
+        # module global of Autobahn's: it is swapped only for this call, on
+        # the reactor thread, which runs no code but Autobahn's own.
+        if not self._quiet:
+            super()._connectionMade()  # type: ignore[misc]
+            return
         import autobahn.websocket.protocol as ab
 
         saved = ab.pformat
-        ab.pformat = _no_format  # type: ignore[assignment]
+        ab.pformat = _no_format
         try:
-            super()._connectionMade()  # type: ignore[misc]
+            WebSocketProtocol._connectionMade(self)  # type: ignore[arg-type]
         finally:
             ab.pformat = saved
+        self.factory.countConnections += 1
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        # Stock: log.debug(hltype(self.connectionLost), hlval(peer)) after,
+        # plus str(reason.value) for some reasons: ~4.5 µs a connection.
+        if not self._quiet:
+            super().connectionLost(reason)  # type: ignore[misc]
+            return
+        if not isinstance(reason.value, ConnectionDone) and _is_tls_error(reason.value):
+            self.log.error(_maybe_tls_reason(reason.value))
+        self._connectionLost(reason)
+
+    def _connectionLost(self, reason: Any) -> None:
+        # Server: log.debug(hltype(...), hlval(reason)) first; hlval of a
+        # Failure formats its traceback: ~12 µs a connection.
+        if not self._quiet:
+            super()._connectionLost(reason)  # type: ignore[misc]
+            return
+        WebSocketProtocol._connectionLost(self, reason)  # type: ignore[arg-type]
+        self.factory.countConnections -= 1
+
+    # -- once per read -------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        # Stock: log.debug(hltype(self.dataReceived), hlval(peer),
+        # hlval(len(data))) on every read: ~5 µs a read (one per inbound
+        # message at chat rates).
+        if not self._quiet:
+            super().dataReceived(data)  # type: ignore[misc]
+            return
+        self._dataReceived(data)  # type: ignore[attr-defined]
+
+    # -- once per message in ---------------------------------------------------
+
+    def onMessageEnd(self) -> None:
+        # Stock fires the "message" event for every message even when no
+        # listener was ever added (``.on("message", ...)``): a Deferred, a
+        # closure and add_callbacks, ~3 µs a message. Same code, minus that
+        # when there are no listeners (checked after onMessage, which may
+        # add one, as stock would then fire it).
+        if not self._quiet or self._listeners is not None:
+            super().onMessageEnd()  # type: ignore[misc]
+            return
+        if not self.failedByMe:
+            payload = b"".join(self.message_data)
+            if self.trackedTimings:
+                self.trackedTimings.track("onMessage")
+            self._onMessage(payload, self.message_is_binary)  # type: ignore[attr-defined]
+            if self._listeners is not None:
+                self._fire_message(payload)
+        self.message_data = None
+
+    def _fire_message(self, payload: bytes) -> None:
+        f = self.fire("message", payload, is_binary=self.message_is_binary)  # type: ignore[attr-defined]
+
+        def error(f: Any) -> None:
+            self.log.error("Firing signal 'message' failed: {fail}", fail=f)
+
+        txaio.add_callbacks(f, None, error)
+
+    # -- once per frame out -----------------------------------------------------
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        # Stock: log.debug(hltype(self.sendData), hlval(peer),
+        # hlval(len(data))) for every frame written: ~4 µs a frame, the
+        # biggest cost of a group broadcast that writes one prepared frame
+        # to every member.
+        if chopsize or sync or self.send_queue or not self._quiet:
+            super().sendData(data, sync, chopsize)  # type: ignore[misc]
+            return
+        self.transport.write(data)
+        state = self.state
+        if state == _OPEN:
+            self.trafficStats.outgoingOctetsWireLevel += len(data)
+        elif state in _PRE_OPEN:
+            self.trafficStats.preopenOutgoingOctetsWireLevel += len(data)
+        if self.logOctets:
+            self.logTxOctets(data, False)  # type: ignore[attr-defined]
 
 
 def _no_format(obj: object) -> str:

@@ -5,7 +5,7 @@ A backend moves already-encoded frames between improto nodes. It knows
 channels, envelopes and presence sets; it knows nothing about WebSocket,
 users' sessions or the chat protocol. Two implementations ship:
 :class:`improto.memory.MemoryBackend` (one process) and
-:class:`improto.redis.RedisBackend` (many nodes sharing one Redis).
+:class:`improto.redisbackend.RedisBackend` (many nodes sharing one Redis).
 
 Everything that can wait on a network returns a ``Deferred`` so that the
 router is written once for both.
@@ -109,6 +109,11 @@ class IBackend(Interface):
         Call ``callback`` with every envelope later published on
         ``channel``, including this node's own. Fires once the
         subscription is active, so a publish issued after it is seen.
+
+        While the shared medium is unreachable it fails with
+        :class:`BackendUnavailable` but keeps the channel wanted: the
+        subscription is made when the backend reconnects, and the caller
+        still owes an ``unsubscribe`` when it no longer wants the channel.
         """
 
     def unsubscribe(channel: str) -> Deferred[None]:

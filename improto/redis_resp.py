@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 from typing import Protocol as TypingProtocol
 
 import attrs
@@ -25,7 +25,7 @@ from redis.connection import HiredisRespSerializer, PythonRespSerializer
 from redis.utils import HIREDIS_AVAILABLE
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
@@ -135,7 +135,7 @@ def make_packer() -> Callable[..., list[bytes]]:
         serializer = HiredisRespSerializer()
 
         def pack(*args: bytes | str | int | float) -> list[bytes]:
-            return serializer.pack(*map(_encode_arg, args))
+            return serializer.pack(*map(_encode_arg, args))  # type: ignore[arg-type]
 
         return pack
     return PythonRespSerializer(6000, _encode_arg).pack
@@ -194,11 +194,12 @@ class RespConnection(Protocol):
         self.lost: Deferred[str] = Deferred()
 
     def connectionMade(self) -> None:
+        self._transport = cast(ITCPTransport, self.transport)
         self._open = True
         # Nagle's algorithm would hold a lone request back for an ACK that
         # Redis delays, adding tens of milliseconds to every round trip.
         for option in ("setTcpNoDelay", "setTcpKeepAlive"):
-            setter = getattr(self.transport, option, None)
+            setter = getattr(self._transport, option, None)
             if setter is not None:
                 setter(True)
 
@@ -230,7 +231,7 @@ class RespConnection(Protocol):
 
     def _write(self, chunks: list[bytes]) -> None:
         self.stats.writes += 1
-        self.transport.write(b"".join(chunks))
+        self._transport.write(b"".join(chunks))
 
     def _flush(self) -> None:
         self._flush_call = None
@@ -284,13 +285,15 @@ class RespConnection(Protocol):
         """Drop the connection now; pending commands fail, citing ``reason``."""
         if self._lost_reason is None:
             self._lost_reason = reason
-        self.transport.abortConnection()
+        self._transport.abortConnection()
 
     def close(self) -> Deferred[str]:
         """Send what is queued, then close; fires once the connection is gone."""
         if self._open:
+            if self._lost_reason is None:
+                self._lost_reason = "connection closed by improto"
             self._flush()
-            self.transport.loseConnection()
+            self._transport.loseConnection()
         return self._observe_lost()
 
     def _observe_lost(self) -> Deferred[str]:

@@ -23,16 +23,20 @@ nothing is stored or retried. improto adds:
   router sends the client an error frame instead of an ack. A failure
   after the command was written is ambiguous: the message may or may not
   have been delivered.
-* Envelopes published by one node reach every other node in the order
-  they were published (one command connection, one subscriber connection
-  per node).
+* Envelopes one node publishes reach each subscribed node in publish
+  order (one command connection and one subscriber connection per node).
 * After a reconnect the node resubscribes every channel still wanted and
   re-registers its presence before it reports OK again. Messages
   published while a node's subscriber connection was down are not
   replayed to that node: its sessions miss them.
+* A node whose subscriber connection falls too far behind is
+  disconnected by Redis (``client-output-buffer-limit pubsub``); it
+  reconnects like after any other drop, and misses what was in flight.
 * While either connection is down, ``health()`` is UNAVAILABLE and
   ``publish``/``presence_*`` fail at once with ``BackendUnavailable``;
   nothing waits for Redis to come back.
+* Presence of a node that dies without ``stop()`` stays visible for at
+  most ``heartbeat_ttl`` (15 s by default).
 """
 
 from __future__ import annotations
@@ -42,12 +46,14 @@ import functools
 import random
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import attrs
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from twisted.internet.defer import Deferred, FirstError, fail, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.error import ConnectError, DNSLookupError
@@ -221,6 +227,9 @@ def check_reachable(url: str, timeout: float = 3.0) -> None:
         password=address.password,
         socket_connect_timeout=timeout,
         socket_timeout=timeout,
+        # redis-py retries with backoff by default: seconds of silence
+        # before telling a user their address is wrong.
+        retry=Retry(NoBackoff(), 0),
     )
     try:
         client.ping()

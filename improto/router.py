@@ -125,12 +125,14 @@ class Router:
         self._user_sessions[user].add(session)
         if len(self._user_sessions[user]) == 1:
             self._subscribe(_user_channel(user), self._deliver_to_user, user)
-            self._announce_added(
-                ONLINE_SCOPE, user, codec.presence("online", user), exclude=session.id
+            _background(
+                self._announce_added(
+                    ONLINE_SCOPE, user, codec.presence("online", user), exclude=session.id
+                )
             )
         if native:
             link.send_frame(codec.welcome(user, session.id, [codec.LOBBY]), False)
-        self._join(session, codec.LOBBY)
+        _background(self._join(session, codec.LOBBY))
         return session
 
     def connect_echo(self, link: SessionLink) -> Session:
@@ -183,14 +185,16 @@ class Router:
                     self._unsubscribe(_group_channel(group))
             return
         for group in sorted(session.groups):
-            self._leave(session, group)
+            _background(self._leave(session, group))
         sessions = self._user_sessions[session.user]
         sessions.discard(session)
         if not sessions:
             del self._user_sessions[session.user]
             self._unsubscribe(_user_channel(session.user))
-            self._announce_removed(
-                ONLINE_SCOPE, session.user, codec.presence("offline", session.user)
+            _background(
+                self._announce_removed(
+                    ONLINE_SCOPE, session.user, codec.presence("offline", session.user)
+                )
             )
 
     def close_all(self, code: int = 1001, reason: str = "server is shutting down") -> None:
@@ -428,10 +432,13 @@ class Router:
         return self.backend.publish(_group_channel(group), envelope)
 
     def _subscribe(self, channel: str, deliver: Callable[..., None], key: Any) -> Deferred[None]:
-        return self.backend.subscribe(channel, functools.partial(deliver, key))
+        # While the backend is down a subscription is recorded and made on
+        # reconnect (see IBackend.subscribe), so the failure is not ours.
+        d = self.backend.subscribe(channel, functools.partial(deliver, key))
+        return d.addErrback(_ignore_unavailable)
 
     def _unsubscribe(self, channel: str) -> Deferred[None]:
-        return self.backend.unsubscribe(channel)
+        return self.backend.unsubscribe(channel).addErrback(_ignore_unavailable)
 
     # -- outbound ----------------------------------------------------------
 
@@ -521,6 +528,25 @@ class Router:
         if group in session.groups:
             return succeed(None)
         return self._join(session, group)
+
+
+def _ignore_unavailable(failure: Failure) -> None:
+    failure.trap(BackendUnavailable)
+
+
+def _background(d: Deferred[Any]) -> None:
+    """
+    For work no client waits on (announcing presence on connect and
+    disconnect): an outage is logged once by the backend itself, anything
+    else is a bug worth a traceback.
+    """
+
+    def report(failure: Failure) -> None:
+        failure = _first_error(failure)
+        if not failure.check(BackendUnavailable):
+            _log.failure("Background backend call failed", failure)
+
+    d.addErrback(report)
 
 
 def _first_error(failure: Failure) -> Failure:

@@ -35,3 +35,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 from tests.serverproc import server  # noqa: E402,F401  (a fixture for every module)
+from tests.redis_fixture import (  # noqa: E402,F401  (fixtures)
+    private_redis,
+    redis_prefix,
+    redis_server,
+    redis_url,
+)

@@ -4,11 +4,14 @@ A private Redis for the tests, never the shared one on 6379.
 ``redis_server`` (session scope) starts ``redis-server`` on a free
 loopback port with persistence off, or wraps ``REDIS_URL`` when that is
 set; ``redis_url`` is its URL; ``redis_prefix`` is a key prefix unique to
-one test, whose keys are deleted afterwards (and only those).
+one test, whose keys are deleted afterwards (and only those);
+``private_redis`` is a :class:`RedisServer` a fault test may stop, start
+and pause (the session's one unless ``REDIS_URL`` is set, and restarted
+afterwards if the test left it down).
 
 Import these from ``conftest.py``::
 
-    from tests.redis_fixture import redis_prefix, redis_server, redis_url  # noqa: F401
+    from tests.redis_fixture import private_redis, redis_prefix, redis_server, redis_url  # noqa: F401
 """
 
 from __future__ import annotations
@@ -116,17 +119,12 @@ class RedisServer:
 
 
 class ExternalRedis:
-    """``REDIS_URL``: used as is, and never restarted."""
+    """``REDIS_URL``: used as is, and never stopped, paused or restarted."""
 
     external = True
 
     def __init__(self, url: str) -> None:
         self.url = url
-
-    def restart(self) -> None:
-        pytest.skip("REDIS_URL points at an external Redis, which tests do not restart")
-
-    stop = start = restart
 
     def cleanup(self) -> None:
         pass
@@ -149,6 +147,25 @@ def redis_server() -> Iterator[RedisServer | ExternalRedis]:
 @pytest.fixture(scope="session")
 def redis_url(redis_server: RedisServer | ExternalRedis) -> str:
     return redis_server.url
+
+
+@pytest.fixture
+def private_redis(redis_server: RedisServer | ExternalRedis) -> Iterator[RedisServer]:
+    """
+    A server the test may stop, restart or pause: the session's own one,
+    or, when that is an external ``REDIS_URL``, a private one for this test.
+    """
+    if isinstance(redis_server, RedisServer):
+        yield redis_server
+        if redis_server.process is None:
+            redis_server.start()
+        return
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
 
 
 @pytest.fixture

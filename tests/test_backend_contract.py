@@ -16,14 +16,15 @@ import select
 import signal
 import subprocess
 import sys
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import attrs
 import pytest
 import pytest_twisted
 import redis
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import gatherResults
 from twisted.internet.task import deferLater
 from twisted.logger import globalLogPublisher
 from zope.interface.verify import verifyObject
@@ -32,7 +33,7 @@ from improto.backend import Audience, BackendState, BackendUnavailable, Envelope
 from improto.memory import MemoryBackend, MemoryHub
 from improto.redis_resp import PythonReader, RedisReplyError, make_reader
 from improto.redis_wire import WireError, decode_envelope, encode_envelope
-from improto.redisbackend import RedisBackend, parse_redis_url
+from improto.redisbackend import RedisBackend, check_reachable, parse_redis_url
 from tests.redis_fixture import RedisServer, free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -359,11 +360,30 @@ async def test_unreachable_at_start_fails_in_one_line() -> None:
     await node.stop()
 
 
+def test_check_reachable(redis_url: str) -> None:
+    check_reachable(redis_url, timeout=2)
+    port = free_port()
+    with pytest.raises(BackendUnavailable) as info:
+        check_reachable(f"redis://127.0.0.1:{port}/0", timeout=2)
+    assert str(info.value) == f"cannot reach Redis at 127.0.0.1:{port}: Connection refused"
+    with pytest.raises(ValueError, match="port"):
+        check_reachable("redis://127.0.0.1:nope/0")
+
+
 @pytest_twisted.ensureDeferred
 async def test_password_and_database(redis_prefix: str) -> None:
     server = RedisServer(extra_args=["--requirepass", "s3cret"])
     server.start()
     try:
+        for url, complaint in [
+            (f"redis://:nope@127.0.0.1:{server.port}/0", "refused AUTH"),
+            (f"redis://127.0.0.1:{server.port}/0", "refused AUTH"),
+            (f"redis://:s3cret@127.0.0.1:{server.port}/99", "refused db 99"),
+        ]:
+            with pytest.raises(BackendUnavailable, match=complaint) as info:
+                check_reachable(url, timeout=2)
+            assert "\n" not in str(info.value) and "s3cret" not in str(info.value)
+        check_reachable(f"redis://:s3cret@127.0.0.1:{server.port}/3", timeout=2)
         wrong = RedisBackend.from_url(f"redis://:nope@127.0.0.1:{server.port}/0", reactor=reactor)
         with pytest.raises(BackendUnavailable, match="refused AUTH") as info:
             await wrong.start()
@@ -394,11 +414,12 @@ async def test_password_and_database(redis_prefix: str) -> None:
 
 @pytest.fixture
 def redis_nodes(redis_url: str, redis_prefix: str):
+    """Make nodes on ``redis_url`` (or ``url=``), all stopped after the test."""
     made: list[RedisBackend] = []
 
-    def make(node_id: str, **options: Any) -> RedisBackend:
+    def make(node_id: str, url: str = redis_url, **options: Any) -> RedisBackend:
         options.setdefault("reconnect_max_delay", 0.3)
-        made.append(RedisBackend.from_url(redis_url, reactor=reactor, prefix=redis_prefix, node_id=node_id, **options))
+        made.append(RedisBackend.from_url(url, reactor=reactor, prefix=redis_prefix, node_id=node_id, **options))
         return made[-1]
 
     yield make
@@ -524,10 +545,10 @@ async def test_dropped_connection_fails_in_flight_and_reconciles(
 
 
 @pytest_twisted.ensureDeferred
-async def test_unanswered_command_times_out(redis_nodes: Any, redis_url: str) -> None:
-    a = redis_nodes("node-a", command_timeout=0.3)
+async def test_unanswered_command_times_out(redis_nodes: Any, private_redis: RedisServer) -> None:
+    a = redis_nodes("node-a", url=private_redis.url, command_timeout=0.3)
     await a.start()
-    client = redis.Redis.from_url(redis_url)
+    client = redis.Redis.from_url(private_redis.url)
     client.client_pause(1000, all=True)
     try:
         with pytest.raises(BackendUnavailable, match="did not answer within 0.3s"):
@@ -541,10 +562,11 @@ async def test_unanswered_command_times_out(redis_nodes: Any, redis_url: str) ->
 
 
 @pytest_twisted.ensureDeferred
-async def test_redis_restart(redis_nodes: Any, redis_server: Any, log_events: list[dict[str, Any]]) -> None:
-    if redis_server.external:
-        pytest.skip("REDIS_URL points at an external Redis, which tests do not restart")
-    a, b = redis_nodes("node-a"), redis_nodes("node-b")
+async def test_redis_restart(
+    redis_nodes: Any, private_redis: RedisServer, log_events: list[dict[str, Any]]
+) -> None:
+    redis_server = private_redis
+    a, b = redis_nodes("node-a", url=redis_server.url), redis_nodes("node-b", url=redis_server.url)
     await a.start()
     await b.start()
     inbox_a, inbox_b, late = Inbox(), Inbox(), Inbox()
