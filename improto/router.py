@@ -26,6 +26,7 @@ from improto import codec
 from improto.backend import Audience, BackendUnavailable, Envelope, IBackend
 from improto.codec import ErrorCode, ProtocolError
 from improto.ratelimit import TokenBucket
+from improto.subscriptions import Subscriptions
 
 _log = Logger()
 
@@ -64,12 +65,22 @@ class Session:
     native: bool
     bucket: TokenBucket
     groups: set[str] = attrs.field(factory=set)
+    #: Backend channels this session holds a subscription reference to.
+    channels: set[str] = attrs.field(factory=set)
     echo: bool = False
     #: Receives a group's frames but is nobody: no presence, no sending.
     listener: bool = False
     closed: bool = False
     #: Error codes already logged for this session: log once, not per frame.
     logged: set[str] = attrs.field(factory=set)
+
+
+@attrs.define
+class Ticket:
+    """A connection-to-be, with the subscriptions made ready for it."""
+
+    session_id: str
+    channels: list[str]
 
 
 @attrs.frozen
@@ -115,16 +126,46 @@ class Router:
         self._ids = itertools.count(1)
         self.sessions: dict[str, Session] = {}
         self._user_sessions: dict[str, set[Session]] = defaultdict(set)
+        self._subscriptions = Subscriptions(backend)
         self._group_members: dict[str, set[Session]] = defaultdict(set)
 
     # -- connections -------------------------------------------------------
 
-    def connect(self, link: SessionLink, user: str, *, native: bool) -> Session:
+    def prepare(self, user: str | None = None) -> Deferred[Ticket]:
+        """
+        Subscribe what a new connection will need, before it is told it is
+        connected: with a remote backend, a client that sends right after
+        its handshake must already be reachable. ``user=None`` prepares an
+        echo connection. Pass the ticket to :meth:`connect` (or
+        :meth:`connect_echo`), or to :meth:`cancel` if the handshake fails.
+        """
+        session_id = f"{self.backend.node_id}-{next(self._ids)}"
+        ticket = Ticket(session_id, [])
+        if user is None:
+            waits = [self._hold(ticket, "echo:" + session_id, self._deliver_echo, session_id)]
+        else:
+            waits = [
+                self._hold(ticket, _user_channel(user), self._deliver_to_user, user),
+                self._hold(ticket, _group_channel(codec.LOBBY), self._deliver_to_group, codec.LOBBY),
+            ]
+        return gatherResults(waits).addCallback(lambda _: ticket)
+
+    def cancel(self, ticket: Ticket) -> None:
+        """Give back what :meth:`prepare` held for a connection that never opened."""
+        for channel in ticket.channels:
+            self._subscriptions.release(channel)
+        ticket.channels.clear()
+
+    def connect(
+        self, link: SessionLink, user: str, *, native: bool, ticket: Ticket | None = None
+    ) -> Session:
         """Register a chat connection; it joins the lobby, as in the seeds."""
-        session = self._new_session(link, user, native)
+        ticket = ticket or Ticket(f"{self.backend.node_id}-{next(self._ids)}", [])
+        session = self._new_session(link, user, native, ticket)
         self._user_sessions[user].add(session)
+        if _user_channel(user) not in session.channels:
+            self._hold(session, _user_channel(user), self._deliver_to_user, user)
         if len(self._user_sessions[user]) == 1:
-            self._subscribe(_user_channel(user), self._deliver_to_user, user)
             _background(
                 self._announce_added(
                     ONLINE_SCOPE, user, codec.presence("online", user), exclude=session.id
@@ -135,14 +176,17 @@ class Router:
         _background(self._join(session, codec.LOBBY))
         return session
 
-    def connect_echo(self, link: SessionLink) -> Session:
+    def connect_echo(self, link: SessionLink, ticket: Ticket | None = None) -> Session:
         """
         Register an echo connection: whatever it sends travels through the
         backend and comes back to it alone (the conformance route).
         """
-        session = self._new_session(link, "", native=False)
+        ticket = ticket or Ticket(f"{self.backend.node_id}-{next(self._ids)}", [])
+        session = self._new_session(link, "", False, ticket)
         session.echo = True
-        self._subscribe("echo:" + session.id, self._deliver_echo, session)
+        channel = "echo:" + session.id
+        if channel not in session.channels:
+            self._hold(session, channel, self._deliver_echo, session.id)
         return session
 
     def connect_listener(self, link: SessionLink, group: str) -> Session:
@@ -151,20 +195,20 @@ class Router:
         published to ``group`` (a live feed, like the voting example's
         viewers). It appears in no presence list.
         """
-        session = self._new_session(link, "", native=False)
+        ticket = Ticket(f"{self.backend.node_id}-{next(self._ids)}", [])
+        session = self._new_session(link, "", False, ticket)
         session.listener = True
         session.groups.add(group)
-        members = self._group_members[group]
-        members.add(session)
-        if len(members) == 1:
-            self._subscribe(_group_channel(group), self._deliver_to_group, group)
+        self._group_members[group].add(session)
+        self._hold(session, _group_channel(group), self._deliver_to_group, group)
         return session
 
-    def _new_session(self, link: SessionLink, user: str, native: bool) -> Session:
-        session_id = f"{self.backend.node_id}-{next(self._ids)}"
+    def _new_session(self, link: SessionLink, user: str, native: bool, ticket: Ticket) -> Session:
         bucket = TokenBucket(self.limits.rate, self.limits.burst)
-        session = Session(session_id, user, link, native, bucket)
-        self.sessions[session_id] = session
+        session = Session(ticket.session_id, user, link, native, bucket)
+        session.channels.update(ticket.channels)
+        ticket.channels.clear()
+        self.sessions[session.id] = session
         return session
 
     def disconnect(self, session: Session) -> None:
@@ -173,29 +217,25 @@ class Router:
             return
         session.closed = True
         del self.sessions[session.id]
-        if session.echo:
-            self._unsubscribe("echo:" + session.id)
-            return
-        if session.listener:
-            for group in session.groups:
-                members = self._group_members[group]
-                members.discard(session)
-                if not members:
-                    del self._group_members[group]
-                    self._unsubscribe(_group_channel(group))
-            return
-        for group in sorted(session.groups):
-            _background(self._leave(session, group))
-        sessions = self._user_sessions[session.user]
-        sessions.discard(session)
-        if not sessions:
-            del self._user_sessions[session.user]
-            self._unsubscribe(_user_channel(session.user))
-            _background(
-                self._announce_removed(
-                    ONLINE_SCOPE, session.user, codec.presence("offline", session.user)
+        if not (session.echo or session.listener):
+            for group in sorted(session.groups):
+                _background(self._leave(session, group))
+            sessions = self._user_sessions[session.user]
+            sessions.discard(session)
+            if not sessions:
+                del self._user_sessions[session.user]
+                _background(
+                    self._announce_removed(
+                        ONLINE_SCOPE, session.user, codec.presence("offline", session.user)
+                    )
                 )
-            )
+        for group in session.groups:
+            self._group_members[group].discard(session)
+            if not self._group_members[group]:
+                del self._group_members[group]
+        for channel in session.channels:
+            self._subscriptions.release(channel)
+        session.channels.clear()
 
     def close_all(self, code: int = 1001, reason: str = "server is shutting down") -> None:
         for session in list(self.sessions.values()):
@@ -365,8 +405,9 @@ class Router:
         user_already_here = any(m.user == session.user and not m.listener for m in members)
         members.add(session)
         waits = []
-        if len(members) == 1:
-            waits.append(self._subscribe(_group_channel(group), self._deliver_to_group, group))
+        channel = _group_channel(group)
+        if channel not in session.channels:
+            waits.append(self._hold(session, channel, self._deliver_to_group, group))
         if not user_already_here:
             waits.append(
                 self._announce_added(
@@ -395,7 +436,10 @@ class Router:
             )
         if not members:
             del self._group_members[group]
-            waits.append(self._unsubscribe(_group_channel(group)))
+        channel = _group_channel(group)
+        if channel in session.channels:
+            session.channels.discard(channel)
+            self._subscriptions.release(channel)
         return gatherResults(waits, consumeErrors=True).addErrback(_first_error)
 
     def _announce_added(
@@ -431,14 +475,15 @@ class Router:
         )
         return self.backend.publish(_group_channel(group), envelope)
 
-    def _subscribe(self, channel: str, deliver: Callable[..., None], key: Any) -> Deferred[None]:
-        # While the backend is down a subscription is recorded and made on
-        # reconnect (see IBackend.subscribe), so the failure is not ours.
-        d = self.backend.subscribe(channel, functools.partial(deliver, key))
-        return d.addErrback(_ignore_unavailable)
-
-    def _unsubscribe(self, channel: str) -> Deferred[None]:
-        return self.backend.unsubscribe(channel).addErrback(_ignore_unavailable)
+    def _hold(
+        self, holder: Session | Ticket, channel: str, deliver: Callable[..., None], key: Any
+    ) -> Deferred[None]:
+        """Subscribe ``channel`` for ``holder``; it is released on disconnect."""
+        if isinstance(holder, Session):
+            holder.channels.add(channel)
+        else:
+            holder.channels.append(channel)
+        return self._subscriptions.hold(channel, functools.partial(deliver, key))
 
     # -- outbound ----------------------------------------------------------
 
@@ -448,8 +493,9 @@ class Router:
     def _deliver_to_user(self, user: str, envelope: Envelope) -> None:
         self._deliver(self._user_sessions.get(user, ()), envelope)
 
-    def _deliver_echo(self, session: Session, envelope: Envelope) -> None:
-        if not session.closed:
+    def _deliver_echo(self, session_id: str, envelope: Envelope) -> None:
+        session = self.sessions.get(session_id)
+        if session is not None:
             session.link.send_frame(envelope.data, envelope.binary)
 
     def _deliver(self, sessions: Iterable[Session], envelope: Envelope) -> None:
@@ -528,10 +574,6 @@ class Router:
         if group in session.groups:
             return succeed(None)
         return self._join(session, group)
-
-
-def _ignore_unavailable(failure: Failure) -> None:
-    failure.trap(BackendUnavailable)
 
 
 def _background(d: Deferred[Any]) -> None:

@@ -21,12 +21,13 @@ from autobahn.websocket.compress import (
     PerMessageDeflateOfferAccept,
 )
 from autobahn.websocket.types import ConnectionRequest
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from improto import codec
 from improto._autobahn_quiet import QuietLoggingMixin
 from improto.codec import ErrorCode, ProtocolError
-from improto.router import Router, Session
+from improto.router import Router, Session, Ticket
 from improto.settings import Settings
 
 _log = Logger()
@@ -191,37 +192,55 @@ class ChatServerProtocol(LinkProtocol):
     _nickname: str = ""
     _native: bool = False
     _echo: bool = False
+    _ticket: Ticket | None = None
 
-    def onConnect(self, request: ConnectionRequest) -> str | None:
+    def onConnect(  # type: ignore[override]  # Autobahn also accepts a Deferred
+        self, request: ConnectionRequest
+    ) -> Deferred[str | None] | None:
         options = self.factory.options
+        router = self.factory.router
         if request.path == options.echo_path:
             self._echo = True
             self.maxMessagePayloadSize = max(options.max_message_size, ECHO_MAX_MESSAGE_SIZE)
             self.perMessageCompressionAccept = _accept_as_offered(self.maxMessagePayloadSize)
-            return None
+            return router.prepare(None).addCallback(self._prepared, None)
         # Room for a frame a little over the limit, so the client gets a
         # readable too_large error instead of a dropped connection.
         self.maxMessagePayloadSize = options.max_message_size * 4
         self.perMessageCompressionAccept = _accept_shareable(self.maxMessagePayloadSize)
+        subprotocol = None
+        if codec.NATIVE_SUBPROTOCOL in request.protocols:
+            self._native = True
+            subprotocol = codec.NATIVE_SUBPROTOCOL
         try:
             self._nickname = parse_chat_path(request.path)
         except ProtocolError as e:
             self._refusal = e
-        if codec.NATIVE_SUBPROTOCOL in request.protocols:
-            self._native = True
-            return codec.NATIVE_SUBPROTOCOL
-        return None
+            return None
+        # The handshake completes only once this client is reachable.
+        return router.prepare(self._nickname).addCallback(self._prepared, subprotocol)
+
+    def _prepared(self, ticket: Ticket, subprotocol: str | None) -> str | None:
+        self._ticket = ticket
+        return subprotocol
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self._ticket is not None:
+            self.factory.router.cancel(self._ticket)
+            self._ticket = None
+        super().onClose(wasClean, code, reason)
 
     def open_session(self, router: Router) -> Session | None:
+        ticket, self._ticket = self._ticket, None
         if self._echo:
-            return router.connect_echo(self)
+            return router.connect_echo(self, ticket)
         if self._refusal is not None:
             _log.info("Refused connection from {peer}: {reason}", peer=self.peer,
                       reason=self._refusal.reason)
             self.send_frame(codec.error(self._refusal, self._native), False)
             self.close(CLOSE_POLICY, self._refusal.reason)
             return None
-        return router.connect(self, self._nickname, native=self._native)
+        return router.connect(self, self._nickname, native=self._native, ticket=ticket)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         session = self._session

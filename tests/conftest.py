@@ -1,4 +1,4 @@
-"""Shared fixtures. Redis and server-process fixtures live in their own modules."""
+"""Shared fixtures; the Redis and server-process ones live in their own modules."""
 
 from __future__ import annotations
 
@@ -8,6 +8,14 @@ from typing import Any
 
 import pytest
 from twisted.logger import globalLogPublisher
+
+from tests.redis_fixture import (  # noqa: F401  (fixtures for every module)
+    private_redis,
+    redis_prefix,
+    redis_server,
+    redis_url,
+)
+from tests.serverproc import server  # noqa: F401  (a fixture for every module)
 
 
 @pytest.fixture
@@ -32,12 +40,3 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         names = ", ".join(report.nodeid for report in skipped[:5])
         print(f"\nFAIL: {len(skipped)} tests were skipped, and none may be: {names}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-
-
-from tests.serverproc import server  # noqa: E402,F401  (a fixture for every module)
-from tests.redis_fixture import (  # noqa: E402,F401  (fixtures)
-    private_redis,
-    redis_prefix,
-    redis_server,
-    redis_url,
-)

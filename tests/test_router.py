@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from twisted.internet.defer import Deferred
 
-from improto.memory import MemoryHub
-from improto.router import RouterLimits
+from improto.memory import MemoryBackend, MemoryHub
+from improto.router import Router, RouterLimits
 from tests.fakes import FakeClock, FakeLink, make_router
 
 
@@ -331,3 +332,71 @@ class TestTwoNodes:
         assert [f["event"] for f in n.take()] == ["online", "join"]
         send(one, sn, {"type": "who", "group": "lobby", "id": "w"})
         assert n.take()[0]["users"] == ["bob", "nat"]
+
+
+class SlowSubscribeBackend(MemoryBackend):
+    """Subscriptions become active only when the test says so, as over a network."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: list[Deferred[None]] = []
+        self.subscribe_calls: list[str] = []
+        self.unsubscribe_calls: list[str] = []
+
+    def subscribe(self, channel, callback):
+        self.subscribe_calls.append(channel)
+        super().subscribe(channel, callback)
+        d: Deferred[None] = Deferred()
+        self.pending.append(d)
+        return d
+
+    def unsubscribe(self, channel):
+        self.unsubscribe_calls.append(channel)
+        return super().unsubscribe(channel)
+
+    def activate(self) -> None:
+        pending, self.pending = self.pending, []
+        for d in pending:
+            d.callback(None)
+
+
+class TestPreparedConnections:
+    @pytest.fixture
+    def backend(self):
+        backend = SlowSubscribeBackend()
+        backend.start()
+        return backend
+
+    def test_a_connection_is_ready_only_once_its_channels_are_subscribed(self, backend):
+        router = Router(backend, clock=FakeClock())
+        tickets = []
+        router.prepare("alice").addCallback(tickets.append)
+        assert tickets == []
+        assert sorted(backend.subscribe_calls) == ["group:lobby", "user:alice"]
+        backend.activate()
+        [ticket] = tickets
+        link = FakeLink()
+        session = router.connect(link, "alice", native=False, ticket=ticket)
+        # The ticket's subscriptions are adopted, not made twice.
+        assert sorted(backend.subscribe_calls) == ["group:lobby", "user:alice"]
+        router.disconnect(session)
+        assert sorted(backend.unsubscribe_calls) == ["group:lobby", "user:alice"]
+
+    def test_a_cancelled_ticket_gives_its_subscriptions_back(self, backend):
+        router = Router(backend, clock=FakeClock())
+        tickets = []
+        router.prepare(None).addCallback(tickets.append)
+        backend.activate()
+        router.cancel(tickets[0])
+        assert backend.unsubscribe_calls == backend.subscribe_calls
+        assert backend.subscribe_calls[0].startswith("echo:")
+
+    def test_channels_shared_by_sessions_are_subscribed_once(self, backend):
+        router = Router(backend, clock=FakeClock())
+        a = router.connect(FakeLink(), "alice", native=False)
+        b = router.connect(FakeLink(), "bob", native=False)
+        assert backend.subscribe_calls.count("group:lobby") == 1
+        router.disconnect(a)
+        assert "group:lobby" not in backend.unsubscribe_calls
+        router.disconnect(b)
+        assert backend.unsubscribe_calls.count("group:lobby") == 1

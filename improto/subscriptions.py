@@ -1,0 +1,60 @@
+"""Reference-counted backend subscriptions: one per channel per node."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from improto.backend import BackendUnavailable, EnvelopeCallback, IBackend
+
+_log = Logger()
+
+
+class Subscriptions:
+    """
+    Many local sessions may want one channel; the backend sees one
+    subscription, made by the first :meth:`hold` and dropped by the last
+    :meth:`release`. :meth:`hold` fires once the subscription is active,
+    so a caller can wait before telling a client it is connected.
+    """
+
+    def __init__(self, backend: IBackend) -> None:
+        self._backend = backend
+        self._refs: dict[str, int] = {}
+        #: Channels whose subscribe is in flight, with who waits for it.
+        self._pending: dict[str, list[Deferred[None]]] = {}
+
+    def __contains__(self, channel: str) -> bool:
+        return channel in self._refs
+
+    def hold(self, channel: str, callback: EnvelopeCallback) -> Deferred[None]:
+        refs = self._refs.get(channel, 0)
+        self._refs[channel] = refs + 1
+        if refs == 0:
+            self._pending[channel] = []
+            self._backend.subscribe(channel, callback).addBoth(self._settled, channel)
+        waiters = self._pending.get(channel)
+        if waiters is None:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        waiters.append(waiter)
+        return waiter
+
+    def _settled(self, result: object, channel: str) -> None:
+        if isinstance(result, Failure) and not result.check(BackendUnavailable):
+            _log.failure("Subscribing {channel} failed", result, channel=channel)
+        # A BackendUnavailable subscription is made on reconnect (see
+        # IBackend.subscribe); nobody should wait for that.
+        for waiter in self._pending.pop(channel, []):
+            waiter.callback(None)
+
+    def release(self, channel: str) -> None:
+        refs = self._refs.get(channel, 0) - 1
+        if refs > 0:
+            self._refs[channel] = refs
+            return
+        self._refs.pop(channel, None)
+        self._backend.unsubscribe(channel).addErrback(
+            lambda failure: failure.trap(BackendUnavailable)
+        )

@@ -1,0 +1,255 @@
+"""
+Several ``twistd improto --backend redis://...`` processes sharing one real
+Redis behave as one server: exact expectations of who receives what.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from urllib.parse import quote
+
+import pytest
+from websockets.sync.client import connect
+
+from tests.serverproc import ServerProcess, start_server
+
+TIMEOUT = 5
+NATIVE = ["improto.v1"]
+
+
+def backend_url(redis_url: str, prefix: str, **options: object) -> str:
+    query = "&".join(f"{k}={quote(str(v), safe=':')}" for k, v in {"prefix": prefix, **options}.items())
+    return f"{redis_url}?{query}"
+
+
+def recv_json(ws, timeout: float = TIMEOUT) -> dict:
+    return json.loads(ws.recv(timeout=timeout))
+
+
+def recv_kind(ws, kind: str, timeout: float = TIMEOUT) -> dict:
+    """The next frame of ``type`` kind, skipping presence chatter."""
+    deadline = time.monotonic() + timeout
+    while True:
+        frame = recv_json(ws, max(0.01, deadline - time.monotonic()))
+        if frame["type"] == kind:
+            return frame
+
+
+def assert_silent(ws, timeout: float = 0.4) -> None:
+    with pytest.raises(TimeoutError):
+        ws.recv(timeout=timeout)
+
+
+def health(node: ServerProcess) -> dict:
+    try:
+        with urllib.request.urlopen(f"{node.http}/healthz", timeout=2) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as e:
+        return json.load(e)
+
+
+def who(ws, group: str = "lobby") -> list[str]:
+    ws.send(json.dumps({"type": "who", "group": group, "id": "who"}))
+    return recv_kind(ws, "who")["users"]
+
+
+@pytest.fixture
+def cluster(redis_url: str, redis_prefix: str) -> Iterator[list[ServerProcess]]:
+    url = backend_url(redis_url, redis_prefix, heartbeat_interval=0.5, heartbeat_ttl=2)
+    nodes = [start_server("--backend", url, "--rate", "0") for _ in range(3)]
+    try:
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def test_group_and_private_messages_cross_nodes_exactly(cluster) -> None:
+    one, two, three = cluster
+    with connect(f"{one.ws}/ws/alice") as alice, \
+            connect(f"{two.ws}/ws/alice") as alice_phone, \
+            connect(f"{two.ws}/ws/bob") as bob, \
+            connect(f"{three.ws}/ws/{quote('小二')}") as xiaoer:
+        alice.send(json.dumps({"username": "alice", "msg": "hi all"}))
+        for ws in (alice_phone, bob, xiaoer):
+            got = recv_json(ws)
+            assert (got["type"], got["sender"], got["msg"]) == ("message", "alice", "hi all")
+        assert_silent(alice)
+
+        xiaoer.send(json.dumps({"to_user": "alice", "msg": "私聊"}))
+        for ws in (alice, alice_phone):
+            got = recv_json(ws)
+            assert (got["type"], got["from_user"], got["msg"]) == ("private", "小二", "私聊")
+        assert_silent(bob)
+        assert_silent(xiaoer)
+
+        bob.send(json.dumps({"to_user": "nobody", "msg": "?"}))
+        error = recv_json(bob)
+        assert error["code"] == "unknown_user"
+        for ws in (alice, alice_phone, xiaoer):
+            assert_silent(ws, 0.1)
+
+
+def test_native_presence_join_leave_and_who_across_nodes(cluster) -> None:
+    one, two, three = cluster
+    with connect(f"{one.ws}/ws/nat", subprotocols=NATIVE) as nat:
+        assert recv_json(nat)["type"] == "welcome"
+        nat.send(json.dumps({"type": "join", "group": "dev", "id": "j"}))
+        assert recv_kind(nat, "ack") == {"type": "ack", "id": "j"}
+        with connect(f"{two.ws}/ws/max", subprotocols=NATIVE) as mx:
+            assert recv_kind(nat, "presence") == {"type": "presence", "event": "online", "user": "max"}
+            assert recv_kind(nat, "presence")["event"] == "join"  # max joined lobby
+            mx.send(json.dumps({"type": "join", "group": "dev", "id": "1"}))
+            assert recv_kind(mx, "ack")["id"] == "1"
+            assert recv_kind(nat, "presence") == {"type": "presence", "event": "join", "user": "max", "group": "dev"}
+            with connect(f"{three.ws}/ws/max", subprotocols=NATIVE) as max_laptop:
+                recv_json(max_laptop)
+                max_laptop.send(json.dumps({"type": "join", "group": "dev", "id": "2"}))
+                assert recv_kind(max_laptop, "ack")["id"] == "2"
+                # Already in dev on another node: no second announcement.
+                assert_silent(nat)
+                assert who(nat, "dev") == ["max", "nat"]
+                mx.send(json.dumps({"type": "send", "group": "dev", "msg": "ship it", "id": "3"}))
+                assert recv_kind(mx, "ack")["id"] == "3"
+                assert recv_kind(nat, "message")["msg"] == "ship it"
+                assert recv_kind(max_laptop, "message")["msg"] == "ship it"
+            # max is still in dev through his first connection.
+            assert_silent(nat)
+            mx.send(json.dumps({"type": "leave", "group": "dev", "id": "4"}))
+            assert recv_kind(nat, "presence") == {"type": "presence", "event": "leave", "user": "max", "group": "dev"}
+            assert who(nat, "dev") == ["nat"]
+        assert recv_kind(nat, "presence") == {"type": "presence", "event": "leave", "user": "max", "group": "lobby"}
+        assert recv_kind(nat, "presence") == {"type": "presence", "event": "offline", "user": "max"}
+        assert who(nat) == ["nat"]
+
+
+def test_a_node_that_dies_leaves_presence_within_the_ttl(cluster) -> None:
+    one, two, _ = cluster
+    with connect(f"{one.ws}/ws/nat", subprotocols=NATIVE) as nat:
+        recv_json(nat)
+        doomed = connect(f"{two.ws}/ws/ghost")
+        assert who(nat) == ["ghost", "nat"]
+        two.process.send_signal(signal.SIGKILL)
+        two.process.wait(5)
+        deadline = time.monotonic() + 6  # ttl 2 s, plus slack for a loaded machine
+        while who(nat) != ["nat"]:
+            assert time.monotonic() < deadline, "the dead node's user is still present"
+            time.sleep(0.2)
+        doomed.close_socket()
+        nat.send(json.dumps({"type": "private", "to": "ghost", "msg": "?", "id": "p"}))
+        assert recv_kind(nat, "error")["code"] == "unknown_user"
+
+
+def test_healthz_reports_the_redis_backend(cluster) -> None:
+    body = health(cluster[0])
+    assert body["status"] == "ok" and body["backend"]["state"] == "ok"
+
+
+def test_redis_restart_mid_traffic_loses_nothing_silently(private_redis, redis_prefix) -> None:
+    url = backend_url(private_redis.url, redis_prefix, reconnect_max_delay=0.5)
+    one = start_server("--backend", url, "--rate", "0")
+    two = start_server("--backend", url, "--rate", "0")
+    try:
+        with connect(f"{one.ws}/ws/sender", subprotocols=NATIVE) as sender, \
+                connect(f"{two.ws}/ws/reader") as reader:
+            recv_json(sender)
+            answers: dict[str, dict] = {}
+            sent_while_down: set[str] = set()
+            received: list[str] = []
+            down = threading.Event()
+            stop_reading = threading.Event()
+
+            def read_all() -> None:
+                while not stop_reading.is_set():
+                    try:
+                        received.append(json.loads(reader.recv(timeout=0.2))["msg"])
+                    except TimeoutError:
+                        continue
+
+            def send(i: int) -> None:
+                msg_id = str(i)
+                if down.is_set():
+                    sent_while_down.add(msg_id)
+                sender.send(json.dumps({"type": "send", "group": "lobby", "msg": msg_id, "id": msg_id}))
+                while msg_id not in answers:
+                    frame = recv_json(sender)
+                    if frame["type"] in ("ack", "error"):
+                        answers[frame["id"]] = frame
+
+            reading = threading.Thread(target=read_all, daemon=True)
+            reading.start()
+            i = 0
+            for _ in range(20):  # before the outage
+                send(i)
+                i += 1
+            before = set(map(str, range(i)))
+
+            private_redis.stop()
+            down.set()
+            for _ in range(20):  # Redis is down
+                send(i)
+                i += 1
+            assert health(one)["backend"]["state"] == "unavailable"
+            private_redis.start()
+            down.clear()
+
+            deadline = time.monotonic() + 15
+            while not all(health(n)["status"] == "ok" for n in (one, two)):
+                assert time.monotonic() < deadline, "nodes did not recover"
+                send(i)  # answered while the nodes catch up
+                i += 1
+                time.sleep(0.05)
+            after_start = i
+            for _ in range(20):  # both nodes healthy again
+                send(i)
+                i += 1
+            time.sleep(0.5)
+            stop_reading.set()
+            reading.join(5)
+
+        # Every message was answered: an ack or an error, never silence.
+        assert set(answers) == set(map(str, range(i)))
+        acked = {k for k, v in answers.items() if v["type"] == "ack"}
+        errors = {k: v["code"] for k, v in answers.items() if v["type"] == "error"}
+        assert set(errors.values()) <= {"backend_unavailable"}
+        # While Redis was down nothing was acked.
+        assert not (sent_while_down & acked)
+        # Before and after the outage, acked means delivered on the other node.
+        healthy = before | set(map(str, range(after_start, i)))
+        assert healthy <= acked
+        assert healthy <= set(received)
+        # Nothing arrives that was refused.
+        assert not (set(received) & set(errors))
+    finally:
+        one.stop()
+        two.stop()
+    # The outage is logged once when it starts and once when it ends.
+    for node in (one, two):
+        assert node.log().count("publish and presence fail until it is back") == 1
+        assert node.log().count("restored after") == 1
+
+
+def test_twistd_with_a_malformed_or_unreachable_redis_fails_in_one_line(tmp_path) -> None:
+    import subprocess
+
+    from tests.serverproc import free_port, twistd_path
+
+    for url, fragment in [
+        ("redis://127.0.0.1:notaport/0", "port"),
+        (f"redis://127.0.0.1:{free_port()}/0", "cannot reach Redis"),
+    ]:
+        result = subprocess.run(
+            [twistd_path(), "-n", "--pidfile=", "improto", "--backend", url],
+            cwd=tmp_path, capture_output=True, text=True, timeout=30,
+            env={**os.environ},
+        )
+        output = result.stdout + result.stderr
+        assert result.returncode != 0
+        assert fragment in output
+        assert "Traceback" not in output
