@@ -31,6 +31,11 @@ def _non_negative_float(value: str) -> float:
     return number
 
 
+def _fail(message: str) -> SystemExit:
+    """One line on stderr and exit status 1: no usage text, no traceback."""
+    return SystemExit(f"twistd improto: {message}")
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -53,21 +58,21 @@ class Options(usage.Options):
             # Parsing needs no reactor; this catches typos before start-up.
             serverFromString(None, self["port"])
         except Exception as e:
-            raise usage.UsageError(f"bad --port {self['port']!r}: {e}") from None
+            raise _fail(f"bad --port {self['port']!r}: {e}") from None
         try:
             scheme = check_backend_url(self["backend"])
         except ValueError as e:
-            raise usage.UsageError(str(e)) from None
+            raise _fail(str(e)) from None
         if scheme == "redis":
             from improto.redisbackend import check_reachable
 
             try:
                 check_reachable(self["backend"], timeout=3.0)
             except Exception as e:  # any failure here is the user's to read
-                raise usage.UsageError(str(e)) from None
+                raise _fail(str(e)) from None
         origins = [o.strip() for o in self["allowed-origins"].split(",") if o.strip()]
         if not origins:
-            raise usage.UsageError("--allowed-origins needs at least one pattern")
+            raise _fail("--allowed-origins needs at least one pattern")
         self["allowed-origins"] = tuple(origins)
 
 

@@ -259,8 +259,8 @@ def test_sigterm_closes_websockets_with_1001_and_exits_cleanly() -> None:
     "args, message",
     [
         (["--backend", "carrier-pigeon://"], "unsupported backend URL"),
-        (["--max-message-size", "-5"], "max-message-size"),
-        (["--port", "tcp:notaport"], "--port"),
+        (["--max-message-size", "-5"], "must be a positive integer"),
+        (["--port", "tcp:notaport"], "twistd improto: bad --port 'tcp:notaport'"),
         (["--port", "ssl:8443:privateKey=/nonexistent.pem"], "--port"),
     ],
 )
