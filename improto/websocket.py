@@ -215,8 +215,10 @@ class ChatServerProtocol(LinkProtocol):
         try:
             self._nickname = parse_chat_path(request.path)
         except ProtocolError as e:
+            # Complete the handshake (with the subprotocol: browsers fail a
+            # handshake that drops it) so the client can read why it is refused.
             self._refusal = e
-            return None
+            return subprotocol
         # The handshake completes only once this client is reachable.
         return router.prepare(self._nickname).addCallback(self._prepared, subprotocol)
 

@@ -162,3 +162,13 @@ def test_a_compression_bomb_closes_with_1009(factory):
     frames = client.frames()
     assert frames[-1][0] == 8 and wsframes.close_code(frames[-1][1]) == 1009
     assert victim.frames() == []
+
+
+def test_a_refused_native_client_still_gets_its_subprotocol_and_the_reason(factory):
+    client = Client(factory, "/ws/improto", NATIVE)
+    assert b"Sec-WebSocket-Protocol: improto.v1" in client.response
+    frames = client.frames()
+    assert json.loads(frames[0][1]) == {
+        "type": "error", "code": "bad_name", "reason": "The nickname 'improto' is reserved."
+    }
+    assert wsframes.close_code(frames[1][1]) == 1008
