@@ -3,23 +3,25 @@ Micro-benchmark of the Autobahn layer on a StringTransport (no sockets).
 
 Compares, per frame and per connection, Autobahn's stock
 ``WebSocketServerProtocol`` with the same protocol plus improto's
-``QuietLoggingMixin``, and improto's real ``ChatServerProtocol`` (router and
-in-memory backend included). Both test protocols do nothing in their
-callbacks, so the difference is Autobahn's own per-frame / per-connection
-cost that the mixin removes.
+``QuietLoggingMixin`` (both with callbacks that do nothing, so the
+difference is Autobahn's own cost that the mixin removes); then improto's
+real ``ChatServerProtocol`` (router and in-memory backend included) with
+the mixin's methods pointed back at Autobahn's vs as shipped; then how an
+improto connection's cost grows with the number of members in the lobby.
 
-    python benchmarks/micro.py [--quick] [--json]
+    python benchmarks/micro.py [--quick] [--json] [--no-boost]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
-import os
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet.address import IPv4Address
@@ -93,7 +95,7 @@ class QuietProtocol(QuietLoggingMixin, StockProtocol):
     """The same, with improto's mixin."""
 
 
-def make_factory(protocol: type) -> WebSocketServerFactory:
+def make_factory(protocol: type[WebSocketServerProtocol]) -> WebSocketServerFactory:
     factory = WebSocketServerFactory()
     factory.protocol = protocol
     # The settings improto uses that matter here.
@@ -189,18 +191,34 @@ def bench_send_message(factory: Any, n: int) -> float:
 # -- improto's own protocol, router included ----------------------------------
 
 
-def improto_factory() -> Any:
+def without_quiet_mixin(cls: type) -> type:
+    """
+    A subclass of ``cls`` on which every method that improto's
+    QuietLoggingMixin re-states is Autobahn's own again ("before").
+    """
+    stock = type(f"Stock{cls.__name__}", (cls,), {})
+    for name, value in vars(QuietLoggingMixin).items():
+        if callable(value) and not name.startswith("__") and hasattr(WebSocketServerProtocol, name):
+            setattr(stock, name, getattr(WebSocketServerProtocol, name))
+    return stock
+
+
+def improto_factory(stock_autobahn: bool = False) -> Any:
+    from twisted.internet import reactor
+
     from improto.memory import MemoryBackend
     from improto.router import Router, RouterLimits
     from improto.settings import Settings
     from improto.websocket import ChatServerFactory
-    from twisted.internet import reactor
 
     settings = Settings(rate=0, burst=0)
     backend = MemoryBackend()
     backend.start()
     router = Router(backend, limits=RouterLimits(settings.max_message_size, 0, 0))
-    return ChatServerFactory(router, settings, reactor)
+    factory = ChatServerFactory(router, settings, reactor)
+    if stock_autobahn:
+        factory.protocol = without_quiet_mixin(factory.protocol)
+    return factory
 
 
 def bench_improto_group_in(factory: Any, n: int, members: int) -> float:
@@ -214,12 +232,30 @@ def bench_improto_group_in(factory: Any, n: int, members: int) -> float:
     t0 = time.perf_counter()
     for i in range(n):
         proto.dataReceived(frame)
-        if i & 255 == 0:
+        if i & 15 == 0:
             for _, t in others:
                 t.clear()
     elapsed = time.perf_counter() - t0
     close_protocol(proto, transport)
     for p, t in others:
+        t.clear()
+        close_protocol(p, t)
+    return elapsed / n
+
+
+def bench_improto_private_in(factory: Any, n: int) -> float:
+    """Seconds per private message (seed dialect) in, delivered to one user."""
+    peer, peer_transport = open_protocol(factory, "/ws/bob")
+    proto, transport = open_protocol(factory, "/ws/alice")
+    frame = client_frame(json.dumps({"to_user": "bob", "msg": "hello, bob - 0123456789"}).encode())
+    t0 = time.perf_counter()
+    for i in range(n):
+        proto.dataReceived(frame)
+        if i & 1023 == 0:
+            peer_transport.clear()
+    elapsed = time.perf_counter() - t0
+    assert b"hello, bob" in peer_transport.value() or n <= 1
+    for p, t in ((proto, transport), (peer, peer_transport)):
         t.clear()
         close_protocol(p, t)
     return elapsed / n
@@ -236,46 +272,81 @@ def best_of(repeats: int, fn: Callable[[], float]) -> float:
     return min(results)
 
 
+def best_of_pair(repeats: int, a: Callable[[], float], b: Callable[[], float]) -> tuple[float, float]:
+    """Best of ``repeats`` for each, interleaved so that drift hits both alike."""
+    ra, rb = [], []
+    for _ in range(repeats):
+        gc.collect()
+        ra.append(a())
+        gc.collect()
+        rb.append(b())
+    return min(ra), min(rb)
+
+
 def run(quick: bool = False) -> list[dict[str, Any]]:
-    scale = 0.2 if quick else 1.0
-    n_frames = int(50_000 * scale)
-    n_conns = int(3_000 * scale)
-    repeats = 3
+    # Many short repeats rather than a few long ones: on a shared machine
+    # the best of many is the one least disturbed by other work.
+    n_frames = 5_000 if quick else 10_000
+    n_conns = 300 if quick else 500
+    repeats = 5 if quick else 9
     stock = make_factory(StockProtocol)
     quiet = make_factory(QuietProtocol)
+    chat_stock = improto_factory(stock_autobahn=True)
     chat = improto_factory()
     rows: list[dict[str, Any]] = []
 
-    def pair(name: str, unit: str, fn: Callable[[Any], float]) -> None:
-        # Interleave the variants so that drift hits both.
-        s = best_of(repeats, lambda: fn(stock))
-        q = best_of(repeats, lambda: fn(quiet))
-        rows.append({"op": name, "unit": unit, "stock_us": s * 1e6, "quiet_us": q * 1e6})
+    def pair(group: str, name: str, unit: str, fn: Callable[[Any], float], a: Any, b: Any) -> None:
+        s, q = best_of_pair(repeats, lambda: fn(a), lambda: fn(b))
+        rows.append({"group": group, "op": name, "unit": unit, "stock_us": s * 1e6,
+                     "quiet_us": q * 1e6})
 
-    pair("handshake+close", "conn", lambda f: bench_handshake(f, n_conns, lambda i: f"/ws/u{i}"))
-    pair("frame in (1 per read)", "frame", lambda f: bench_frames_in(f, n_frames, 1))
-    pair("frame in (20 per read)", "frame", lambda f: bench_frames_in(f, n_frames, 20))
-    pair("prepared frame out (sendData)", "frame", lambda f: bench_send_data(f, n_frames))
-    pair("sendMessage out", "frame", lambda f: bench_send_message(f, n_frames))
-
-    chat_hs = best_of(repeats, lambda: bench_handshake(chat, n_conns, lambda i: f"/ws/u{i}"))
-    rows.append({"op": "improto ChatServerProtocol handshake+close (router, lobby)",
-                 "unit": "conn", "stock_us": None, "quiet_us": chat_hs * 1e6})
+    bare = "Autobahn WebSocketServerProtocol, no-op callbacks"
+    pair(bare, "handshake + close", "conn",
+         lambda f: bench_handshake(f, n_conns, lambda i: f"/ws/u{i}"), stock, quiet)
+    pair(bare, "frame in, 1 per read", "frame", lambda f: bench_frames_in(f, n_frames, 1),
+         stock, quiet)
+    pair(bare, "frame in, 20 per read", "frame", lambda f: bench_frames_in(f, n_frames, 20),
+         stock, quiet)
+    pair(bare, "prepared frame out (sendData)", "frame", lambda f: bench_send_data(f, n_frames),
+         stock, quiet)
+    pair(bare, "sendMessage out (framed each time)", "frame",
+         lambda f: bench_send_message(f, n_frames), stock, quiet)
+    full = "improto ChatServerProtocol + router + memory backend"
+    pair(full, "handshake + close (joins lobby)", "conn",
+         lambda f: bench_handshake(f, n_conns, lambda i: f"/ws/u{i}"), chat_stock, chat)
+    pair(full, "private message in, 1 out", "msg",
+         lambda f: bench_improto_private_in(f, n_frames), chat_stock, chat)
     members = 100
-    g = best_of(repeats, lambda: bench_improto_group_in(chat, max(200, n_frames // 50), members))
-    rows.append({"op": f"improto group message in, {members} members out",
-                 "unit": "msg", "stock_us": None, "quiet_us": g * 1e6})
+    pair(full, f"group message in, {members} out", "msg",
+         lambda f: bench_improto_group_in(f, n_frames // 50, members), chat_stock, chat)
+
+    # How the cost of a connection grows with the lobby (improto as shipped).
+    scale = "improto handshake + close vs members already in the lobby"
+    for lobby in (0, 1000) if quick else (0, 1000, 3000):
+        f = improto_factory()
+        idle = [open_protocol(f, f"/ws/idle{i}") for i in range(lobby)]
+        t = best_of(repeats, functools.partial(bench_handshake, f, n_conns // 2, "/ws/u{}".format))
+        rows.append({"group": scale, "op": f"{lobby} members", "unit": "conn", "stock_us": None,
+                     "quiet_us": t * 1e6})
+        for p, tr in idle:
+            close_protocol(p, tr)
     return rows
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'operation':<58} {'stock µs':>10} {'improto µs':>11} {'ratio':>7}"]
+    lines = [f"{'µs per operation (best of repeats)':<52} {'stock':>9} {'improto':>9} {'ratio':>7}"]
+    group = None
     for r in rows:
-        s = r["stock_us"]
-        q = r["quiet_us"]
-        s_text = f"{s:10.2f}" if s is not None else f"{'-':>10}"
-        ratio = f"{s / q:6.2f}x" if s is not None else f"{'-':>7}"
-        lines.append(f"{r['op'] + ' /' + r['unit']:<58} {s_text} {q:11.2f} {ratio}")
+        if r.get("group") != group:
+            group = r.get("group")
+            paired = r["stock_us"] is not None
+            lines.append(f"{group}:" + ("  stock Autobahn methods vs with improto's QuietLoggingMixin"
+                                        if paired else ""))
+        s, q = r["stock_us"], r["quiet_us"]
+        if s is None:
+            lines.append(f"  {r['op'] + ' /' + r['unit']:<50} {'':>9} {q:9.2f}")
+        else:
+            lines.append(f"  {r['op'] + ' /' + r['unit']:<50} {s:9.2f} {q:9.2f} {s / q:6.2f}x")
     return "\n".join(lines)
 
 
@@ -283,7 +354,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", action="store_true", help="print JSON rows")
+    parser.add_argument("--no-boost", action="store_true", help="see run.py --no-boost")
     args = parser.parse_args()
+    import harness
+
+    harness.boost(not args.no_boost)
+    harness.pin_to_server_cpu()
     rows = run(args.quick)
     if args.json:
         json.dump(rows, sys.stdout)
@@ -293,5 +369,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONHASHSEED", "0")
     main()

@@ -1,26 +1,33 @@
 """
-Skip debug-log formatting that stock Autobahn does even with debug off.
+Skip work that stock Autobahn does on every frame and connection for nothing.
 
 Autobahn builds the arguments of its ``log.debug`` calls eagerly, and
 txaio's no-op ``debug`` only discards them afterwards: ``hltype()`` of a
 bound method costs 3-4 µs (``inspect`` calls and string building),
-``pformat`` of ~40 settings about 0.35 ms, ``str()`` of a ``Failure`` about
-8 µs. Those showed up at the top of profiles of a group broadcast, of
-private messages and of connection churn (``benchmarks/profile_improto.py``),
-so the hot paths are re-stated here without the log calls, each next to
-its measured cost. Everything else is Autobahn's own, unchanged.
+``pformat`` of ~40 settings about 0.35 ms, ``str()`` of a ``Failure``
+about 8 µs. It also fires a "message" event nobody listens to for every
+message, and unmasks every client frame with a cffi masker whose set-up
+costs ~10 µs whatever the frame's size. These showed up at the top of
+profiles of a group broadcast, of private messages and of connection churn
+(``benchmarks/profile_improto.py``), so those paths are re-stated here
+without that work, each next to the cost it removes (measured with
+``benchmarks/micro.py``, Autobahn 26.10, CPython 3.11; the current numbers
+are in ``benchmarks/README.md``). Everything else is Autobahn's own.
 
-Semantics are Autobahn's: every re-stated method does exactly what the
-stock one does apart from the ``log.debug`` call. When debug logging is on
-for the protocol's logger at the time a connection is made, that
-connection uses Autobahn's own methods throughout, so debug output is
-unchanged too. Nothing global is patched, except ``pformat`` inside
-Autobahn's ``_connectionMade``, swapped only for that call (which runs
-no code but Autobahn's) and only with debug logging off.
+Semantics are Autobahn's: each re-stated method does exactly what the
+stock one does, minus the ``log.debug`` call or the unused event, and
+frames are unmasked to the same bytes. When debug logging is on for the
+protocol's logger at the moment a connection is made, that connection
+uses Autobahn's own methods throughout, so debug output is unchanged too.
 
-Measured per operation on a StringTransport (``benchmarks/micro.py``,
-Autobahn 26.10, CPython 3.11 on the benchmark machine; see
-``benchmarks/README.md`` for the current numbers).
+Two module globals of ``autobahn.websocket.protocol`` are swapped for the
+duration of one call on the reactor thread, and only with debug logging
+off: ``pformat`` during ``_connectionMade`` (which runs only Autobahn's
+own code), and ``create_xor_masker`` while ``processData`` parses a frame
+header (Autobahn's header checks and the ``onMessageBegin`` /
+``onMessageFrameBegin`` hooks; never ``onMessage``). Any other code that
+happens to use them meanwhile gets an equivalent result (a masker that
+produces the same bytes); nothing else is patched.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from __future__ import annotations
 from typing import Any
 
 import autobahn.twisted.websocket  # noqa: F401 - selects txaio's Twisted flavour first
+import autobahn.websocket.protocol as _ab
 import txaio
 from autobahn.twisted.util import create_transport_details
 from autobahn.util import _is_tls_error, _maybe_tls_reason
@@ -55,20 +63,24 @@ class QuietLoggingMixin:
     Autobahn's Twisted adapter and of its server protocol.
     """
 
-    state: int
+    # Attributes of Autobahn's protocol that these methods use (Any: the
+    # mixin must agree with every base it is combined with).
+    state: Any
     send_queue: Any
     transport: Any
     trafficStats: Any
-    logOctets: bool
+    logOctets: Any
     factory: Any
     log: Any
-    peer: str | None
-    tcpNoDelay: bool
-    is_server: bool
+    peer: Any
+    tcpNoDelay: Any
+    is_server: Any
+    _transport_details: Any
     _listeners: Any
-    failedByMe: bool
+    current_frame: Any
+    failedByMe: Any
     message_data: Any
-    message_is_binary: bool
+    message_is_binary: Any
     trackedTimings: Any
 
     #: False until ``connectionMade`` found debug logging off: Autobahn's
@@ -104,14 +116,12 @@ class QuietLoggingMixin:
         if not self._quiet:
             super()._connectionMade()  # type: ignore[misc]
             return
-        import autobahn.websocket.protocol as ab
-
-        saved = ab.pformat
-        ab.pformat = _no_format
+        saved = _ab.pformat
+        _ab.pformat = _no_format  # type: ignore[assignment]
         try:
             WebSocketProtocol._connectionMade(self)  # type: ignore[arg-type]
         finally:
-            ab.pformat = saved
+            _ab.pformat = saved
         self.factory.countConnections += 1
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -144,6 +154,28 @@ class QuietLoggingMixin:
             return
         self._dataReceived(data)  # type: ignore[attr-defined]
 
+    # -- once per frame in --------------------------------------------------------
+
+    def processData(self) -> bool:
+        # Unmasking: for every masked frame, Autobahn's NVX (cffi) masker
+        # costs ~10 µs to create and apply whatever the size (an import
+        # statement, three cffi allocations, two copies); plain integer XOR
+        # does a chat-sized frame in ~3 µs and is as fast up to ~1 KiB. The
+        # masker is made by a module global of Autobahn's, in the call that
+        # parses a frame header; only for that call (which runs Autobahn's
+        # header checks and the onMessageBegin/onMessageFrameBegin hooks,
+        # never onMessage) it is swapped for one that returns the integer
+        # masker for frames up to _SMALL_FRAME bytes and Autobahn's own
+        # otherwise. Both give the same bytes; only the speed differs.
+        if not self._quiet or self.current_frame is not None:
+            return super().processData()  # type: ignore[misc,no-any-return]
+        saved = _ab.create_xor_masker
+        _ab.create_xor_masker = _create_xor_masker
+        try:
+            return super().processData()  # type: ignore[misc,no-any-return]
+        finally:
+            _ab.create_xor_masker = saved
+
     # -- once per message in ---------------------------------------------------
 
     def onMessageEnd(self) -> None:
@@ -170,7 +202,7 @@ class QuietLoggingMixin:
         def error(f: Any) -> None:
             self.log.error("Firing signal 'message' failed: {fail}", fail=f)
 
-        txaio.add_callbacks(f, None, error)
+        txaio.add_callbacks(f, None, error)  # type: ignore[attr-defined]
 
     # -- once per frame out -----------------------------------------------------
 
@@ -194,3 +226,40 @@ class QuietLoggingMixin:
 
 def _no_format(obj: object) -> str:
     return ""
+
+
+#: Largest frame unmasked with integer XOR (above it, Autobahn's NVX masker
+#: is as fast or faster).
+_SMALL_FRAME = 512
+_stock_create_xor_masker = _ab.create_xor_masker
+
+
+class _IntXorMasker:
+    """Autobahn's masker interface (pointer/reset/process), by integer XOR."""
+
+    __slots__ = ("_mask", "_ptr")
+
+    def __init__(self, mask: bytes) -> None:
+        self._mask = bytes(mask)
+        self._ptr = 0
+
+    def pointer(self) -> int:
+        return self._ptr
+
+    def reset(self) -> None:
+        self._ptr = 0
+
+    def process(self, data: bytes) -> bytes:
+        n = len(data)
+        if not n:
+            return b""
+        offset = self._ptr & 3
+        stream = (self._mask * ((n + offset + 3) // 4 + 1))[offset : offset + n]
+        self._ptr += n
+        return (int.from_bytes(data, "big") ^ int.from_bytes(stream, "big")).to_bytes(n, "big")
+
+
+def _create_xor_masker(mask: bytes, length: int | None = None) -> Any:
+    if length is not None and length <= _SMALL_FRAME and len(mask) == 4:
+        return _IntXorMasker(mask)
+    return _stock_create_xor_masker(mask, length)

@@ -212,9 +212,14 @@ def decode(text: str) -> Command:
     return SendToGroup(LOBBY, text)
 
 
+#: One encoder for every frame: json.dumps builds a new one per call when
+#: options differ from the defaults.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def encode(obj: dict[str, Any]) -> bytes:
     """Compact UTF-8 JSON, non-ASCII kept as is (Chinese stays readable)."""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return _ENCODER.encode(obj).encode("utf-8")
 
 
 def group_message(group: str, sender: str, msg: Any) -> bytes:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import itertools
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -128,6 +128,12 @@ class Router:
         self._user_sessions: dict[str, set[Session]] = defaultdict(set)
         self._subscriptions = Subscriptions(backend)
         self._group_members: dict[str, set[Session]] = defaultdict(set)
+        #: group -> user -> that user's (non-listener) sessions in the group:
+        #: joins and leaves ask "is this user still here?" in O(1).
+        self._group_users: dict[str, Counter[str]] = defaultdict(Counter)
+        #: Local sessions speaking the native dialect. With none, an envelope
+        #: for native sessions only (presence) has nobody to go to here.
+        self._native_sessions = 0
 
     # -- connections -------------------------------------------------------
 
@@ -206,6 +212,8 @@ class Router:
     def _new_session(self, link: SessionLink, user: str, native: bool, ticket: Ticket) -> Session:
         bucket = TokenBucket(self.limits.rate, self.limits.burst)
         session = Session(ticket.session_id, user, link, native, bucket)
+        if native:
+            self._native_sessions += 1
         session.channels.update(ticket.channels)
         ticket.channels.clear()
         self.sessions[session.id] = session
@@ -217,6 +225,8 @@ class Router:
             return
         session.closed = True
         del self.sessions[session.id]
+        if session.native:
+            self._native_sessions -= 1
         if not (session.echo or session.listener):
             for group in sorted(session.groups):
                 _background(self._leave(session, group))
@@ -233,6 +243,7 @@ class Router:
             self._group_members[group].discard(session)
             if not self._group_members[group]:
                 del self._group_members[group]
+                self._group_users.pop(group, None)
         for channel in session.channels:
             self._subscriptions.release(channel)
         session.channels.clear()
@@ -268,6 +279,7 @@ class Router:
             # A client on a seed route that speaks the native dialect gets
             # native replies (acks, presence) from now on.
             session.native = True
+            self._native_sessions += 1
         if not session.bucket.take(self._clock()):
             self._refuse(
                 session,
@@ -340,7 +352,10 @@ class Router:
                 return
             if command.to != session.user:
                 # The sender's other devices see what was sent from this one.
-                copy = attrs.evolve(envelope, audience=Audience.NATIVE)
+                copy = Envelope(
+                    envelope.origin_node, envelope.origin_session, envelope.data,
+                    envelope.binary, Audience.NATIVE, envelope.exclude_session,
+                )
                 self.backend.publish(_user_channel(session.user), copy).addErrback(
                     self._failed, None, None
                 )
@@ -402,8 +417,11 @@ class Router:
     def _join(self, session: Session, group: str) -> Deferred[Any]:
         session.groups.add(group)
         members = self._group_members[group]
-        user_already_here = any(m.user == session.user and not m.listener for m in members)
+        users = self._group_users[group]
+        user_already_here = users[session.user] > 0
         members.add(session)
+        if not session.listener:
+            users[session.user] += 1
         waits = []
         channel = _group_channel(group)
         if channel not in session.channels:
@@ -423,9 +441,14 @@ class Router:
     def _leave(self, session: Session, group: str) -> Deferred[Any]:
         session.groups.discard(group)
         members = self._group_members[group]
+        users = self._group_users[group]
+        if session in members and not session.listener:
+            users[session.user] -= 1
+            if users[session.user] <= 0:
+                del users[session.user]
         members.discard(session)
         waits = []
-        if not any(m.user == session.user and not m.listener for m in members):
+        if not users.get(session.user):
             waits.append(
                 self._announce_removed(
                     _group_scope(group),
@@ -436,6 +459,7 @@ class Router:
             )
         if not members:
             del self._group_members[group]
+            self._group_users.pop(group, None)
         channel = _group_channel(group)
         if channel in session.channels:
             session.channels.discard(channel)
@@ -500,6 +524,8 @@ class Router:
 
     def _deliver(self, sessions: Iterable[Session], envelope: Envelope) -> None:
         native_only = envelope.audience is Audience.NATIVE
+        if native_only and not self._native_sessions:
+            return
         by_class: dict[type, list[SessionLink]] = {}
         for s in sessions:
             if s.id == envelope.exclude_session or (native_only and not s.native):

@@ -93,6 +93,12 @@ class LinkProtocol(QuietLoggingMixin, WebSocketServerProtocol):  # type: ignore[
     _dropping = False
 
     def onOpen(self) -> None:
+        # Autobahn reads its tcpNoDelay setting before copying it from the
+        # factory, so server sockets never get it; chat frames are small and
+        # must not wait for Nagle's algorithm.
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
         pmce = self._perMessageCompress
         if isinstance(pmce, PerMessageDeflate) and pmce.server_no_context_takeover:
             self.compression_key = (pmce.server_max_window_bits, pmce.mem_level)
@@ -196,7 +202,7 @@ class ChatServerProtocol(LinkProtocol):
 
     def onConnect(  # type: ignore[override]  # Autobahn also accepts a Deferred
         self, request: ConnectionRequest
-    ) -> Deferred[str | None] | None:
+    ) -> Deferred[str | None] | str | None:
         options = self.factory.options
         router = self.factory.router
         if request.path == options.echo_path:

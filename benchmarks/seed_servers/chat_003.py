@@ -1,4 +1,5 @@
-# Seed 003 (group chat, "chat.py"), as published; see README.md in this folder.
+# ruff: noqa
+# Seed 003 (group chat, "chat.py"), as published; see ../README.md.
 # Changed: the listening address comes from argv (was ("0.0.0.0", 5000)), and
 # the blog's typographic quotes around '__main__' are plain quotes again.
 import sys

@@ -1,6 +1,7 @@
-# Seed 003 (private chat, "one_chat.py"), as published; see README.md in this
-# folder. Changed: the listening address comes from argv (was ("0.0.0.0", 5000)),
-# and the blog's typographic quotes around '__main__' are plain quotes again.
+# ruff: noqa
+# Seed 003 (private chat, "one_chat.py"), as published; see ../README.md.
+# Changed: the listening address comes from argv (was ("0.0.0.0", 5000)), and
+# the blog's typographic quotes around '__main__' are plain quotes again.
 import sys
 
 from flask import Flask,request,render_template

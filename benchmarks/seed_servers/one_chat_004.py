@@ -1,4 +1,5 @@
-# Seed 004 (private chat, "单聊"), as published; see README.md in this folder.
+# ruff: noqa
+# Seed 004 (private chat, "单聊"), as published; see ../README.md.
 # Changed: the listening address comes from argv (was ("0.0.0.0", 9527)).
 import sys
 

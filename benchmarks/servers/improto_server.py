@@ -1,10 +1,10 @@
 """
 Run improto exactly as deployed (``twistd -n improto``), for the benchmarks.
 
-    python improto_server.py HOST PORT [--profile OUT.prof] [--stock-autobahn]
+    python improto_server.py HOST PORT [--profile OUT.prof] [--stock-autobahn] [--tcp-nodelay]
 
-``--profile`` runs the whole server under cProfile and writes the stats
-when it stops (SIGINT/SIGTERM). ``--stock-autobahn`` undoes
+``--profile FILE``: SIGUSR1 starts cProfile (clock: process CPU time, or
+wall with ``--profile-clock wall``), SIGUSR2 stops it and writes FILE. ``--stock-autobahn`` undoes
 ``improto._autobahn_quiet``: every method the mixin re-states is pointed
 back at Autobahn's own, to measure what the mixin buys ("before").
 """
@@ -35,16 +35,35 @@ def use_stock_autobahn() -> None:
     websocket.ChatServerFactory.protocol = StockAutobahnChatProtocol
 
 
+def use_tcp_nodelay() -> None:
+    """Experiment: set TCP_NODELAY on chat connections (Autobahn means to, see README)."""
+    from improto import websocket
+
+    class NoDelayChatProtocol(websocket.ChatServerProtocol):
+        def connectionMade(self) -> None:
+            try:
+                self.transport.setTcpNoDelay(True)
+            except Exception:
+                pass
+            super().connectionMade()
+
+    websocket.ChatServerFactory.protocol = NoDelayChatProtocol
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("host")
     parser.add_argument("port", type=int)
-    parser.add_argument("--profile")
+    parser.add_argument("--profile", help="SIGUSR1/SIGUSR2 start/stop cProfile; stats to this file")
+    parser.add_argument("--profile-clock", choices=["cpu", "wall"], default="cpu")
     parser.add_argument("--stock-autobahn", action="store_true")
+    parser.add_argument("--tcp-nodelay", action="store_true")
     parser.add_argument("--rate", default="0")
     args = parser.parse_args()
     if args.stock_autobahn:
         use_stock_autobahn()
+    if args.tcp_nodelay:
+        use_tcp_nodelay()
     from twisted.scripts.twistd import run
 
     sys.argv = [
@@ -52,18 +71,31 @@ def main() -> None:
         "--port", f"tcp:{args.port}:interface={args.host}", "--rate", args.rate,
     ]
     if args.profile:
-        import cProfile
-        import signal
+        start_profiler_on_signal(args.profile, args.profile_clock)
+    run()
 
-        # twistd stops the reactor on SIGTERM/SIGINT and then returns here.
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
-        profiler = cProfile.Profile()
-        try:
-            profiler.runcall(run)
-        finally:
-            profiler.dump_stats(args.profile)
-    else:
-        run()
+
+def start_profiler_on_signal(path: str, clock: str) -> None:
+    """SIGUSR1 starts cProfile, SIGUSR2 stops it and writes ``path``."""
+    import cProfile
+    import signal
+    import time
+
+    timer = time.process_time if clock == "cpu" else time.perf_counter
+    profiler = cProfile.Profile(timer)
+
+    def start(signum: int, frame: object) -> None:
+        profiler.enable()
+
+    def stop(signum: int, frame: object) -> None:
+        profiler.disable()
+        profiler.dump_stats(path + ".tmp")
+        import os
+
+        os.replace(path + ".tmp", path)
+
+    signal.signal(signal.SIGUSR1, start)
+    signal.signal(signal.SIGUSR2, stop)
 
 
 if __name__ == "__main__":

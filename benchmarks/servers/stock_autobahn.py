@@ -52,12 +52,18 @@ class ChatProtocol(WebSocketServerProtocol):
             del self.factory.users[self.name]
 
 
+class ChatFactory(WebSocketServerFactory):
+    protocol = ChatProtocol
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.users: dict[str, ChatProtocol] = {}
+        self.clients: set[ChatProtocol] = set()
+
+
 def main() -> None:
     host, port = sys.argv[1], int(sys.argv[2])
-    factory = WebSocketServerFactory()
-    factory.protocol = ChatProtocol
-    factory.users = {}
-    factory.clients = set()
+    factory = ChatFactory()
     reactor.listenTCP(port, factory, interface=host)
     reactor.run()
 
