@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.compress import (
     PerMessageDeflateOffer,
     PerMessageDeflateOfferAccept,
 )
-from twisted.internet import reactor
+from twisted.internet import reactor as _reactor
 from twisted.python import log
 
 
@@ -59,9 +60,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.verbose:
         log.startLogging(sys.stderr)
     factory = make_factory(f"ws://{args.interface}:{args.port}")
-    reactor.listenTCP(args.port, factory, interface=args.interface)  # type: ignore[attr-defined]
+    reactor = cast(Any, _reactor)  # the global reactor's interfaces are untyped here
+    reactor.listenTCP(args.port, factory, interface=args.interface)
     print(f"baseline echo listening on ws://{args.interface}:{args.port}/", flush=True)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
 
 
 if __name__ == "__main__":

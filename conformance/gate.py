@@ -30,15 +30,17 @@ import json
 import re
 import sys
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 HERE = Path(__file__).resolve().parent
 CASES_FILE = HERE / "wstest-cases.txt"
 
 PASS_BEHAVIORS = frozenset({"OK", "NON-STRICT", "INFORMATIONAL"})
-PASS_CLOSE_BEHAVIORS = frozenset({"OK", "NON-STRICT", "INFORMATIONAL", "WRONG CODE", "FAILED BY CLIENT"})
+PASS_CLOSE_BEHAVIORS = frozenset(
+    {"OK", "NON-STRICT", "INFORMATIONAL", "WRONG CODE", "FAILED BY CLIENT"}
+)
 DEFLATE_GROUPS = frozenset({12, 13})
 UNIMPLEMENTED = "UNIMPLEMENTED"
 
@@ -83,7 +85,9 @@ def read_case_list(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
-def select_cases(all_ids: Iterable[str], patterns: Iterable[str], exclude: Iterable[str] = ()) -> list[str]:
+def select_cases(
+    all_ids: Iterable[str], patterns: Iterable[str], exclude: Iterable[str] = ()
+) -> list[str]:
     """The case ids wstest runs for a spec's "cases"/"exclude-cases".
 
     Mirrors autobahntestsuite.caseset.resolveCasePatternList: a pattern with
@@ -108,7 +112,9 @@ def select_cases(all_ids: Iterable[str], patterns: Iterable[str], exclude: Itera
 # --- parsing ------------------------------------------------------------------
 
 
-def parse_index(data: Mapping[str, Mapping[str, Mapping[str, object]]]) -> dict[str, dict[str, CaseResult]]:
+def parse_index(
+    data: Mapping[str, Mapping[str, Mapping[str, object]]],
+) -> dict[str, dict[str, CaseResult]]:
     """index.json ({agent: {case_id: {...}}}) -> typed results per agent."""
     parsed: dict[str, dict[str, CaseResult]] = {}
     for agent, cases in data.items():
@@ -125,7 +131,9 @@ def parse_index(data: Mapping[str, Mapping[str, Mapping[str, object]]]) -> dict[
     return parsed
 
 
-def merge_indexes(indexes: Iterable[Mapping[str, Mapping[str, Mapping[str, object]]]]) -> dict[str, dict[str, Mapping[str, object]]]:
+def merge_indexes(
+    indexes: Iterable[Mapping[str, Mapping[str, Mapping[str, object]]]],
+) -> dict[str, dict[str, Mapping[str, object]]]:
     """Union of several index.json contents; one agent may be split over shards."""
     merged: dict[str, dict[str, Mapping[str, object]]] = {}
     for index in indexes:
@@ -143,7 +151,9 @@ def case_problems(result: CaseResult) -> list[str]:
     behavior = result.behavior
     if behavior == UNIMPLEMENTED:
         if case_group(result.case_id) in DEFLATE_GROUPS:
-            problems.append(f"{result.case_id}: UNIMPLEMENTED (permessage-deflate was not negotiated)")
+            problems.append(
+                f"{result.case_id}: UNIMPLEMENTED (permessage-deflate was not negotiated)"
+            )
     elif behavior not in PASS_BEHAVIORS:
         problems.append(f"{result.case_id}: behavior {behavior or '(none)'}")
     if result.behavior_close not in PASS_CLOSE_BEHAVIORS:
@@ -151,15 +161,23 @@ def case_problems(result: CaseResult) -> list[str]:
     return problems
 
 
-def agent_problems(agent: str, results: Mapping[str, CaseResult], expected_ids: Sequence[str]) -> list[str]:
+def agent_problems(
+    agent: str, results: Mapping[str, CaseResult], expected_ids: Sequence[str]
+) -> list[str]:
     """All reasons one agent's results fail the gate."""
     if not results:
         return [f"{agent}: report holds no case at all (was the server listening?)"]
-    problems = [f"{agent}: {p}" for r in sorted(results.values(), key=lambda r: case_key(r.case_id)) for p in case_problems(r)]
+    problems = [
+        f"{agent}: {p}"
+        for r in sorted(results.values(), key=lambda r: case_key(r.case_id))
+        for p in case_problems(r)
+    ]
     missing = [cid for cid in expected_ids if cid not in results]
     if missing:
         shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
-        problems.append(f"{agent}: {len(results)} cases, expected {len(expected_ids)}; missing {len(missing)}: {shown}")
+        problems.append(
+            f"{agent}: {len(results)} cases, expected {len(expected_ids)}; missing {len(missing)}: {shown}"
+        )
     return problems
 
 
@@ -167,7 +185,9 @@ def agent_problems(agent: str, results: Mapping[str, CaseResult], expected_ids: 
 
 
 def behavior_counts(results: Mapping[str, CaseResult]) -> tuple[Counter[str], Counter[str]]:
-    return Counter(r.behavior for r in results.values()), Counter(r.behavior_close for r in results.values())
+    return Counter(r.behavior for r in results.values()), Counter(
+        r.behavior_close for r in results.values()
+    )
 
 
 def group_rows(results: Mapping[str, CaseResult]) -> list[tuple[int, int, int, int]]:
@@ -204,7 +224,9 @@ def timing_rows(
         cells: list[tuple[int | None, float | None]] = []
         for results in subjects.values():
             r = results.get(cid)
-            cells.append((None, None) if r is None else (r.duration_ms, ratio(r.duration_ms, base_ms)))
+            cells.append(
+                (None, None) if r is None else (r.duration_ms, ratio(r.duration_ms, base_ms))
+            )
         rows.append((cid, base_ms, cells))
     return rows
 
@@ -228,13 +250,17 @@ def format_agent_summary(agent: str, results: Mapping[str, CaseResult]) -> list[
 
 
 def format_timing_table(
-    subjects: Mapping[str, Mapping[str, CaseResult]], baseline_agent: str, baseline: Mapping[str, CaseResult]
+    subjects: Mapping[str, Mapping[str, CaseResult]],
+    baseline_agent: str,
+    baseline: Mapping[str, CaseResult],
 ) -> list[str]:
     rows = timing_rows(subjects, baseline)
     if not rows:
         return []
     names = list(subjects)
-    header = f"  {'case':<8} {baseline_agent[:12]:>12}" + "".join(f" {n[:16]:>16} {'ratio':>7}" for n in names)
+    header = f"  {'case':<8} {baseline_agent[:12]:>12}" + "".join(
+        f" {n[:16]:>16} {'ratio':>7}" for n in names
+    )
     lines = [f"== 9.* timing (ms) vs baseline agent {baseline_agent}", header]
     totals = [0] * len(names)
     base_total = 0
@@ -273,7 +299,9 @@ def evaluate(
     verdict = Verdict(problems=list(load_errors))
     results = parse_index(index)
     if not results:
-        verdict.problems.append("report is empty: no agent ran any case (was the server listening?)")
+        verdict.problems.append(
+            "report is empty: no agent ran any case (was the server listening?)"
+        )
     for name in agents:
         if name not in results:
             verdict.problems.append(f"{name}: agent missing from the report")
@@ -291,7 +319,9 @@ def evaluate(
         lines += format_agent_summary(baseline_agent, base)
         lines += format_timing_table(subjects, baseline_agent, base)
 
-    lines.append("== verdict: " + ("PASS" if verdict.ok else f"FAIL ({len(verdict.problems)} problems)"))
+    lines.append(
+        "== verdict: " + ("PASS" if verdict.ok else f"FAIL ({len(verdict.problems)} problems)")
+    )
     lines += [f"  - {p}" for p in verdict.problems[:50]]
     if len(verdict.problems) > 50:
         lines.append(f"  ... {len(verdict.problems) - 50} more")
@@ -322,21 +352,35 @@ def load_index(path: Path) -> tuple[dict[str, dict[str, Mapping[str, object]]] |
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Fail CI on a bad Autobahn TestSuite report.")
-    parser.add_argument("--report", action="append", type=Path, required=True,
-                        help="report folder (with index.json) or index.json; repeat to merge shards/agents")
-    parser.add_argument("--cases", action="append", help="case patterns that were run (default: '*')")
+    parser.add_argument(
+        "--report",
+        action="append",
+        type=Path,
+        required=True,
+        help="report folder (with index.json) or index.json; repeat to merge shards/agents",
+    )
+    parser.add_argument(
+        "--cases", action="append", help="case patterns that were run (default: '*')"
+    )
     parser.add_argument("--exclude", action="append", default=[], help="excluded case patterns")
-    parser.add_argument("--agent", action="append", default=[], help="agent that must be in the report")
-    parser.add_argument("--baseline-agent", help="reference agent (e.g. the stock Autobahn echo server)")
-    parser.add_argument("--baseline-cases", action="append", help="case patterns the baseline ran (default: '9.*')")
+    parser.add_argument(
+        "--agent", action="append", default=[], help="agent that must be in the report"
+    )
+    parser.add_argument(
+        "--baseline-agent", help="reference agent (e.g. the stock Autobahn echo server)"
+    )
+    parser.add_argument(
+        "--baseline-cases", action="append", help="case patterns the baseline ran (default: '9.*')"
+    )
     args = parser.parse_args(argv)
 
     all_ids = read_case_list(CASES_FILE.read_text(encoding="utf-8"))
-    indexes, load_errors = [], []
+    indexes: list[dict[str, dict[str, Mapping[str, object]]]] = []
+    load_errors: list[str] = []
     for path in args.report:
         data, error = load_index(path)
-        if error:
-            load_errors.append(error)
+        if data is None:
+            load_errors.append(error or f"{path}: unreadable")
         else:
             indexes.append(data)
     verdict = evaluate(

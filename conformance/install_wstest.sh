@@ -15,6 +15,8 @@
 # Needs root (debootstrap, chroot). All progress goes to stderr; stdout is
 # only the launcher path, so callers can do WSTEST=$(install_wstest.sh).
 set -euo pipefail
+# chroot, debootstrap and friends live in sbin, which a CI PATH may lack.
+export PATH="$PATH:/usr/sbin:/sbin"
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 LOCK="$HERE/wstest-requirements.txt"
@@ -29,7 +31,7 @@ RECIPE_VERSION=1
 # for the two C speedups (wsaccel, ujson) that have no cp27 wheels.
 ROOT_PACKAGES="python2.7,libpython2.7-dev,gcc,libc6-dev"
 
-log() { printf '[install_wstest] %s\n' "$*" >&2; }
+log() { printf '[install_wstest +%ss] %s\n' "$SECONDS" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 # The stamp records what the root was built from; a matching stamp means the
@@ -39,7 +41,7 @@ wanted_stamp() {
 }
 
 root_is_current() {
-    [[ -x "$LAUNCHER" && -f "$ROOT/.improto-wstest-stamp" ]] &&
+    [[ -f "$ROOT/.improto-wstest-stamp" ]] &&
         [[ "$(cat "$ROOT/.improto-wstest-stamp")" == "$(wanted_stamp)" ]] &&
         chroot "$ROOT" /usr/bin/python2.7 -c 'import autobahntestsuite, wsaccel' 2>/dev/null
 }
@@ -52,25 +54,26 @@ debian_mirror() {
     fi
     "$PYTHON" - <<'EOF'
 import glob, re, sys
-uris = []
+entries = []  # (uri, suite) of every enabled deb source
 for path in sorted(glob.glob("/etc/apt/sources.list.d/*.sources")):
     for stanza in re.split(r"\n\s*\n", open(path).read()):
         fields = dict(re.findall(r"^([A-Za-z-]+):\s*(.*)$", stanza, re.M))
         if "deb" in fields.get("Types", "").split() and fields.get("Enabled", "yes") != "no":
-            uris += fields.get("URIs", "").split()
+            entries += [(u, s) for u in fields.get("URIs", "").split() for s in fields.get("Suites", "").split()]
 for path in ["/etc/apt/sources.list"] + sorted(glob.glob("/etc/apt/sources.list.d/*.list")):
     try:
         lines = open(path).read().splitlines()
     except OSError:
         continue
     for line in lines:
-        m = re.match(r"\s*deb\s+(?:\[[^\]]*\]\s+)?(\S+)", line)
+        m = re.match(r"\s*deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+(\S+)", line)
         if m:
-            uris.append(m.group(1))
-# The main archive, not the security or updates archive nor third-party repos.
-main = [u for u in uris if re.search(r"/debian/?$", u)]
+            entries.append((m.group(1), m.group(2)))
+# The main archive: a Debian URI serving a plain release (bookworm), not
+# bookworm-security / bookworm-updates nor a third-party repository.
+main = [u for u, s in entries if "debian" in u and "security" not in u and "-" not in s]
 if not main:
-    sys.exit("no Debian main archive found in the host's apt sources; set IMPROTO_DEBIAN_MIRROR")
+    sys.exit("no Debian main archive in the host's apt sources; set IMPROTO_DEBIAN_MIRROR")
 print(main[0].rstrip("/"))
 EOF
 }
@@ -162,6 +165,7 @@ UNSHARE='$(command -v unshare)'
 EOF
     cat >>"$LAUNCHER.tmp" <<'EOF'
 case "$PWD" in /) echo "wstest launcher: run it from a folder other than /" >&2; exit 2;; esac
+# shellcheck disable=SC2016  # the inner script expands its own arguments
 exec "$UNSHARE" --mount --propagation private -- /bin/sh -c '
     set -e
     ROOT="$1"; CHROOT="$2"; shift 2
@@ -177,7 +181,14 @@ EOF
 
 main() {
     [[ "$(id -u)" == 0 ]] || die "needs root (debootstrap and chroot)"
+    # The lock's hashes are for the x86_64 (manylinux1) cp27mu wheels.
+    [[ "$(uname -m)" == x86_64 ]] || die "x86_64 only: wstest-requirements.txt pins x86_64 wheels"
+    mkdir -p "$CACHE"
+    # One installer at a time per cache (parallel tox envs, two terminals).
+    exec 9>"$CACHE/.install.lock"
+    flock 9
     if root_is_current; then
+        write_launcher # cheap, and keeps it in step with this script
         echo "$LAUNCHER"
         return
     fi

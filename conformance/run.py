@@ -34,9 +34,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Sequence
+from typing import IO
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -45,9 +46,13 @@ import gate  # noqa: E402  (sibling module; conformance/ is not a package)
 SPEC_TEMPLATE = HERE / "fuzzingclient.json"
 INSTALLER = HERE / "install_wstest.sh"
 BASELINE_AGENT = "baseline-autobahn"
-DEFAULT_SERVER_CMD = "{twistd} -n --pidfile= improto --port tcp:{port}:interface=127.0.0.1 --backend {backend}"
+DEFAULT_SERVER_CMD = (
+    "{twistd} -n --pidfile= improto --port tcp:{port}:interface=127.0.0.1 --backend {backend}"
+)
 BASELINE_CMD = "{python} " + shlex.quote(str(HERE / "baseline_echo.py")) + " --port {port}"
 PR_SET_PDEATHSIG = 1
+#: wstest prints this line when it starts a case (its report comes at the end).
+CASE_MARKER = b"Running test case ID "
 
 
 class SetupError(Exception):
@@ -87,8 +92,13 @@ class Proc:
         log_file = open(log_path, "wb")
         try:
             popen = subprocess.Popen(
-                list(argv), cwd=cwd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=_die_with_parent,
+                list(argv),
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         except OSError as exc:
             log_file.close()
@@ -147,13 +157,17 @@ def wait_for_port(port: int, proc: Proc, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SetupError(f"{proc.name} exited with {proc.popen.returncode} before listening:\n{proc.tail()}")
+            raise SetupError(
+                f"{proc.name} exited with {proc.popen.returncode} before listening:\n{proc.tail()}"
+            )
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.1)
-    raise SetupError(f"{proc.name} did not listen on 127.0.0.1:{port} within {timeout:.0f}s:\n{proc.tail()}")
+    raise SetupError(
+        f"{proc.name} did not listen on 127.0.0.1:{port} within {timeout:.0f}s:\n{proc.tail()}"
+    )
 
 
 # --- what to run --------------------------------------------------------------------
@@ -201,11 +215,15 @@ def shard(cases: Sequence[str], shards: int) -> list[list[str]]:
 def write_spec(job: Job, report_dir: Path) -> Path:
     spec = json.loads(SPEC_TEMPLATE.read_text())
     spec["outdir"] = "./" + str(job.outdir.relative_to(report_dir))
-    spec["servers"] = [dict(spec["servers"][0], agent=job.agent, url=f"ws://127.0.0.1:{job.port}/echo")]
+    spec["servers"] = [
+        dict(spec["servers"][0], agent=job.agent, url=f"ws://127.0.0.1:{job.port}/echo")
+    ]
     # Explicit ids, not patterns: shards and the gate agree on exactly which ran.
     spec["cases"] = job.cases
     spec["exclude-cases"] = []
-    path = report_dir / f"{job.outdir.relative_to(report_dir).as_posix().replace('/', '.')}.spec.json"
+    path = (
+        report_dir / f"{job.outdir.relative_to(report_dir).as_posix().replace('/', '.')}.spec.json"
+    )
     path.write_text(json.dumps(spec, indent=2) + "\n")
     return path
 
@@ -246,8 +264,19 @@ class Runner:
             return os.environ["REDIS_URL"]
         exe = shutil.which("redis-server") or "/usr/bin/redis-server"
         port = free_port()
-        argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", str(self.report_dir)]
+        argv = [
+            exe,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.report_dir),
+        ]
         self.start_server("redis", argv, port)
         return f"redis://127.0.0.1:{port}/0"
 
@@ -263,45 +292,77 @@ class Runner:
             for i, part in enumerate(parts, 1):
                 outdir = self.report_dir / agent / (f"shard-{i}" if len(parts) > 1 else "")
                 self.jobs.append(Job(agent, port, part, outdir))
-        baseline_cases = gate.select_cases(gate.read_case_list(gate.CASES_FILE.read_text()), self.args.baseline_cases)
+        baseline_cases = gate.select_cases(
+            gate.read_case_list(gate.CASES_FILE.read_text()), self.args.baseline_cases
+        )
         if baseline_cases:
             port = free_port()
             self.start_server(BASELINE_AGENT, server_argv(BASELINE_CMD, port, "memory://"), port)
-            self.jobs.append(Job(BASELINE_AGENT, port, baseline_cases, self.report_dir / BASELINE_AGENT))
+            self.jobs.append(
+                Job(BASELINE_AGENT, port, baseline_cases, self.report_dir / BASELINE_AGENT)
+            )
 
     def run_jobs(self, wstest: str) -> None:
+        """Start every wstest at once, wait for all, then log their costs."""
         for job in self.jobs:
-            shutil.rmtree(job.outdir, ignore_errors=True)  # a stale index.json must not pass the gate
+            # wstest only adds files: a stale index.json must not pass the gate.
+            shutil.rmtree(job.outdir, ignore_errors=True)
             job.outdir.mkdir(parents=True)
             spec = write_spec(job, self.report_dir)
             name = f"wstest {job.outdir.relative_to(self.report_dir)}"
             log(f"{name}: {len(job.cases)} cases")
-            job.proc = Proc.start(name, [wstest, "-m", "fuzzingclient", "-s", spec.name],
-                                  spec.with_suffix("").with_suffix(".wstest.log"), cwd=self.report_dir)
+            argv = [wstest, "-m", "fuzzingclient", "-s", spec.name]
+            log_path = spec.with_suffix("").with_suffix(".wstest.log")
+            job.proc = Proc.start(name, argv, log_path, cwd=self.report_dir)
+        self.wait_jobs()
+        for job in self.jobs:
+            assert job.proc is not None
+            job.proc.stop()
+            log(
+                f"{job.proc.name}: exit {job.proc.popen.returncode}, "
+                f"{job.proc.wall_seconds:.0f}s wall, {job.proc.cpu_seconds or 0:.0f}s CPU"
+            )
+
+    def wait_jobs(self) -> None:
+        """Poll the wstest processes, printing progress, until done or timed out."""
         deadline = time.monotonic() + self.args.timeout
         last_progress = time.monotonic()
-        while any(j.proc and j.proc.poll() is None for j in self.jobs):
+        # Poll every job each round (no short-circuit) so finished ones are reaped on time.
+        while [j for j in self.jobs if j.proc and j.proc.poll() is None]:
             if time.monotonic() > deadline:
-                log(f"timeout after {self.args.timeout}s: stopping wstest (the gate will see missing cases)")
-                break
+                log(
+                    f"timeout after {self.args.timeout:.0f}s: stopping wstest, which writes its "
+                    "report only at the end (the gate will fail on the missing reports)"
+                )
+                for job in self.jobs:
+                    log(f"  {self.progress(job)}, last case started: {self.last_case(job)}")
+                return
             if time.monotonic() - last_progress >= self.args.progress_every:
                 last_progress = time.monotonic()
                 log("progress: " + ", ".join(self.progress(j) for j in self.jobs))
             time.sleep(0.5)
-        for job in self.jobs:
-            assert job.proc is not None
-            job.proc.stop()
-            log(f"{job.proc.name}: exit {job.proc.popen.returncode}, {job.proc.wall_seconds:.0f}s wall, "
-                f"{job.proc.cpu_seconds or 0:.0f}s CPU")
 
     @staticmethod
-    def progress(job: Job) -> str:
+    def _log_bytes(job: Job) -> bytes:
         assert job.proc is not None
         try:
-            done = job.proc.log_path.read_bytes().count(b"Running test case ID")
+            return job.proc.log_path.read_bytes()
         except OSError:
-            done = 0
-        return f"{job.proc.name} {done}/{len(job.cases)}"
+            return b""
+
+    @classmethod
+    def progress(cls, job: Job) -> str:
+        done = cls._log_bytes(job).count(CASE_MARKER)
+        return f"{job.proc.name if job.proc else job.agent} {done}/{len(job.cases)}"
+
+    @classmethod
+    def last_case(cls, job: Job) -> str:
+        """The case a (possibly hung) wstest was running, from its log."""
+        text = cls._log_bytes(job)
+        at = text.rfind(CASE_MARKER)
+        if at < 0:
+            return "none"
+        return text[at + len(CASE_MARKER) :].split(b" ", 1)[0].decode(errors="replace")
 
     def stop_all(self) -> None:
         for job in self.jobs:
@@ -312,6 +373,17 @@ class Runner:
             if proc.cpu_seconds is not None:
                 log(f"{proc.name}: {proc.cpu_seconds:.0f}s CPU over {proc.wall_seconds:.0f}s")
 
+    def cpu_summary(self, wall: float) -> str:
+        """CPU the run used, which on a busy machine says more than wall time:
+        on an otherwise idle machine the run needs about cpu / cores seconds."""
+        procs = [j.proc for j in self.jobs if j.proc is not None] + self.servers
+        cpu = sum(p.cpu_seconds or 0.0 for p in procs)
+        cores = os.cpu_count() or 1
+        return (
+            f"{wall:.0f}s wall, {cpu:.0f}s CPU in wstest and servers "
+            f"(= {cpu / wall:.2f} cores busy on average; {cores} cores here)"
+        )
+
     def judge(self, cases: list[str]) -> int:
         reports = [job.outdir for job in self.jobs]
         agents = sorted({job.agent for job in self.jobs if job.agent != BASELINE_AGENT})
@@ -321,46 +393,77 @@ class Runner:
         gate_args += [arg for pat in self.args.exclude for arg in ("--exclude", pat)]
         if any(job.agent == BASELINE_AGENT for job in self.jobs):
             gate_args += ["--baseline-agent", BASELINE_AGENT]
-            gate_args += [arg for pat in self.args.baseline_cases for arg in ("--baseline-cases", pat)]
+            gate_args += [
+                arg for pat in self.args.baseline_cases for arg in ("--baseline-cases", pat)
+            ]
         log("gate: python conformance/gate.py " + shlex.join(gate_args))
         return gate.main(gate_args)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Autobahn TestSuite conformance run for improto.")
-    p.add_argument("--backend", action="append", choices=["memory", "redis"],
-                   help="improto backend to test; repeat for several (default: memory)")
+    p.add_argument(
+        "--backend",
+        action="append",
+        choices=["memory", "redis"],
+        help="improto backend to test; repeat for several (default: memory)",
+    )
     p.add_argument("--cases", action="append", help="wstest case patterns (default: '*', all 517)")
     p.add_argument("--exclude", action="append", default=[], help="case patterns to leave out")
-    p.add_argument("--baseline-cases", action="append",
-                   help="cases for the stock Autobahn baseline (default: '9.*'; 'none' to skip)")
-    p.add_argument("--report-dir", type=Path, default=HERE / "reports", help="default: conformance/reports")
-    p.add_argument("--server-cmd", help="server command template instead of twistd improto; "
-                   "placeholders {port} {backend} {python} {twistd}")
-    p.add_argument("--shards", type=int, default=1, help="concurrent wstest processes per backend (default 1)")
+    p.add_argument(
+        "--baseline-cases",
+        action="append",
+        help="cases for the stock Autobahn baseline (default: '9.*'; 'none' to skip)",
+    )
+    p.add_argument(
+        "--report-dir", type=Path, default=HERE / "reports", help="default: conformance/reports"
+    )
+    p.add_argument(
+        "--server-cmd",
+        help="server command template instead of twistd improto; "
+        "placeholders {port} {backend} {python} {twistd}",
+    )
+    p.add_argument(
+        "--shards", type=int, default=1, help="concurrent wstest processes per backend (default 1)"
+    )
     p.add_argument("--wstest", help="wstest launcher (default: $WSTEST or install_wstest.sh's)")
-    p.add_argument("--timeout", type=float, default=40 * 60, help="seconds for all wstest runs (default 2400)")
-    p.add_argument("--startup-timeout", type=float, default=30.0, help="seconds for a server to listen")
-    p.add_argument("--progress-every", type=float, default=60.0, help="seconds between progress lines")
+    p.add_argument(
+        "--timeout", type=float, default=40 * 60, help="seconds for all wstest runs (default 2400)"
+    )
+    p.add_argument(
+        "--startup-timeout", type=float, default=30.0, help="seconds for a server to listen"
+    )
+    p.add_argument(
+        "--progress-every", type=float, default=60.0, help="seconds between progress lines"
+    )
     args = p.parse_args(argv)
     args.backend = args.backend or ["memory"]
     args.cases = args.cases or ["*"]
-    args.baseline_cases = [] if args.baseline_cases == ["none"] else (args.baseline_cases or ["9.*"])
+    args.baseline_cases = (
+        [] if args.baseline_cases == ["none"] else (args.baseline_cases or ["9.*"])
+    )
     if args.shards < 1:
         p.error("--shards must be >= 1")
     return args
 
 
-def _raise_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM (CI cancelling) and SIGINT both unwind into the cleanup.
+
+    SIGINT is set explicitly because a runner started in the background of a
+    non-interactive shell inherits it ignored."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     runner = Runner(args)
     runner.report_dir.mkdir(parents=True, exist_ok=True)
-    cases = gate.select_cases(gate.read_case_list(gate.CASES_FILE.read_text()), args.cases, args.exclude)
+    cases = gate.select_cases(
+        gate.read_case_list(gate.CASES_FILE.read_text()), args.cases, args.exclude
+    )
     if not cases:
         log(f"no case matches {args.cases} minus {args.exclude}")
         return 2
@@ -372,12 +475,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SetupError as exc:
         log(f"setup error: {exc}")
         return 2
-    except KeyboardInterrupt:
-        log("interrupted: stopping everything")
+    except KeyboardInterrupt as exc:
+        log(f"interrupted ({exc or 'SIGINT'}): stopping every process of this run")
         return 130
     finally:
         runner.stop_all()
-    log(f"all wstest runs done in {time.monotonic() - started:.0f}s")
+    log("all wstest runs done: " + runner.cpu_summary(time.monotonic() - started))
     status = runner.judge(cases)
     log("reports (open index.html inside):")
     for job in runner.jobs:
