@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, FirstError, gatherResults, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -80,7 +80,7 @@ class Ticket:
     """A connection-to-be, with the subscriptions made ready for it."""
 
     session_id: str
-    channels: list[str]
+    channels: set[str] = attrs.field(factory=set)
 
 
 @attrs.frozen
@@ -145,8 +145,8 @@ class Router:
         echo connection. Pass the ticket to :meth:`connect` (or
         :meth:`connect_echo`), or to :meth:`cancel` if the handshake fails.
         """
-        session_id = f"{self.backend.node_id}-{next(self._ids)}"
-        ticket = Ticket(session_id, [])
+        ticket = self._new_ticket()
+        session_id = ticket.session_id
         if user is None:
             waits = [self._hold(ticket, "echo:" + session_id, self._deliver_echo, session_id)]
         else:
@@ -166,7 +166,7 @@ class Router:
         self, link: SessionLink, user: str, *, native: bool, ticket: Ticket | None = None
     ) -> Session:
         """Register a chat connection; it joins the lobby, as in the seeds."""
-        ticket = ticket or Ticket(f"{self.backend.node_id}-{next(self._ids)}", [])
+        ticket = ticket or self._new_ticket()
         session = self._new_session(link, user, native, ticket)
         self._user_sessions[user].add(session)
         if _user_channel(user) not in session.channels:
@@ -187,7 +187,7 @@ class Router:
         Register an echo connection: whatever it sends travels through the
         backend and comes back to it alone (the conformance route).
         """
-        ticket = ticket or Ticket(f"{self.backend.node_id}-{next(self._ids)}", [])
+        ticket = ticket or self._new_ticket()
         session = self._new_session(link, "", False, ticket)
         session.echo = True
         channel = "echo:" + session.id
@@ -201,13 +201,15 @@ class Router:
         published to ``group`` (a live feed, like the voting example's
         viewers). It appears in no presence list.
         """
-        ticket = Ticket(f"{self.backend.node_id}-{next(self._ids)}", [])
-        session = self._new_session(link, "", False, ticket)
+        session = self._new_session(link, "", False, self._new_ticket())
         session.listener = True
         session.groups.add(group)
         self._group_members[group].add(session)
         self._hold(session, _group_channel(group), self._deliver_to_group, group)
         return session
+
+    def _new_ticket(self) -> Ticket:
+        return Ticket(f"{self.backend.node_id}-{next(self._ids)}")
 
     def _new_session(self, link: SessionLink, user: str, native: bool, ticket: Ticket) -> Session:
         bucket = TokenBucket(self.limits.rate, self.limits.burst)
@@ -503,10 +505,7 @@ class Router:
         self, holder: Session | Ticket, channel: str, deliver: Callable[..., None], key: Any
     ) -> Deferred[None]:
         """Subscribe ``channel`` for ``holder``; it is released on disconnect."""
-        if isinstance(holder, Session):
-            holder.channels.add(channel)
-        else:
-            holder.channels.append(channel)
+        holder.channels.add(channel)
         return self._subscriptions.hold(channel, functools.partial(deliver, key))
 
     # -- outbound ----------------------------------------------------------
@@ -619,8 +618,6 @@ def _background(d: Deferred[Any]) -> None:
 
 def _first_error(failure: Failure) -> Failure:
     """Unwrap gatherResults' FirstError so callers see the real failure."""
-    from twisted.internet.defer import FirstError
-
     if isinstance(failure.value, FirstError):
         sub_failure: Failure = failure.value.subFailure
         return sub_failure
