@@ -345,9 +345,26 @@ def load_index(path: Path) -> tuple[dict[str, dict[str, Mapping[str, object]]] |
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         return None, f"{file}: not JSON ({exc})"
-    if not isinstance(data, dict):
-        return None, f"{file}: not a {{agent: {{case: ...}}}} object"
+    shape_error = index_shape_error(data)
+    if shape_error:
+        return None, f"{file}: {shape_error}"
     return data, None
+
+
+CASE_ID = re.compile(r"^\d+(\.\d+)*$")
+
+
+def index_shape_error(data: object) -> str | None:
+    """Why `data` is not an index.json ({agent: {case_id: {...}}}), or None."""
+    if not isinstance(data, dict):
+        return "not an {agent: {case: ...}} object"
+    for agent, cases in data.items():
+        if not isinstance(cases, dict):
+            return f"agent {agent!r} does not map case ids to results"
+        for case_id, entry in cases.items():
+            if not CASE_ID.match(case_id) or not isinstance(entry, dict):
+                return f"agent {agent!r}: bad case entry {case_id!r}"
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,8 +8,9 @@ writes an empty report and exits 0 if it does not), and runs
 run against conformance/baseline_echo.py, a stock Autobahn echo server, so the
 gate can print improto/baseline timing ratios. All wstest runs go at the same
 time: each client/server pair is a strict ping-pong that keeps about one core
-busy, so two backends fill the two CI cores, and the baseline's 9.* cases run
-under the same load as improto's, which keeps the ratios fair.
+busy, so two backends fill the two CI cores. The baseline starts when improto
+reaches its first 9.* case, so both run 9.* under the same load, which keeps
+the ratios fair.
 
 Every process started here is stopped again, also on failure or Ctrl-C
 (each child also gets SIGKILL if this runner dies: PR_SET_PDEATHSIG).
@@ -182,6 +183,10 @@ class Job:
     cases: list[str]
     outdir: Path
     proc: Proc | None = None
+    #: Start only once another job has started this case (see Runner.plan).
+    after_case: str | None = None
+    argv: list[str] = field(default_factory=list)
+    log_path: Path | None = None
 
 
 def backend_url(backend: str, redis_url: str | None) -> str:
@@ -264,19 +269,9 @@ class Runner:
             return os.environ["REDIS_URL"]
         exe = shutil.which("redis-server") or "/usr/bin/redis-server"
         port = free_port()
-        argv = [
-            exe,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(self.report_dir),
-        ]
+        # Private and throw-away: loopback only, nothing written to disk.
+        argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        argv += ["--appendonly", "no", "--dir", str(self.report_dir)]
         self.start_server("redis", argv, port)
         return f"redis://127.0.0.1:{port}/0"
 
@@ -298,37 +293,58 @@ class Runner:
         if baseline_cases:
             port = free_port()
             self.start_server(BASELINE_AGENT, server_argv(BASELINE_CMD, port, "memory://"), port)
-            self.jobs.append(
-                Job(BASELINE_AGENT, port, baseline_cases, self.report_dir / BASELINE_AGENT)
-            )
+            # The baseline waits until improto reaches its first case, so that its
+            # 9.* cases run under the same CPU contention as improto's.
+            first = baseline_cases[0] if baseline_cases[0] in cases else None
+            outdir = self.report_dir / BASELINE_AGENT
+            self.jobs.append(Job(BASELINE_AGENT, port, baseline_cases, outdir, after_case=first))
 
     def run_jobs(self, wstest: str) -> None:
-        """Start every wstest at once, wait for all, then log their costs."""
+        """Run every wstest concurrently, wait for all, then log their costs."""
         for job in self.jobs:
             # wstest only adds files: a stale index.json must not pass the gate.
             shutil.rmtree(job.outdir, ignore_errors=True)
             job.outdir.mkdir(parents=True)
             spec = write_spec(job, self.report_dir)
-            name = f"wstest {job.outdir.relative_to(self.report_dir)}"
-            log(f"{name}: {len(job.cases)} cases")
-            argv = [wstest, "-m", "fuzzingclient", "-s", spec.name]
-            log_path = spec.with_suffix("").with_suffix(".wstest.log")
-            job.proc = Proc.start(name, argv, log_path, cwd=self.report_dir)
+            job.argv = [wstest, "-m", "fuzzingclient", "-s", spec.name]
+            job.log_path = spec.with_suffix("").with_suffix(".wstest.log")
         self.wait_jobs()
         for job in self.jobs:
-            assert job.proc is not None
+            if job.proc is None:
+                log(f"wstest {job.agent}: never started")
+                continue
             job.proc.stop()
             log(
                 f"{job.proc.name}: exit {job.proc.popen.returncode}, "
                 f"{job.proc.wall_seconds:.0f}s wall, {job.proc.cpu_seconds or 0:.0f}s CPU"
             )
 
+    def start_due_jobs(self) -> None:
+        """Start the jobs not started yet: at once without `after_case`, else
+        once a running job has started that case (or none is left running)."""
+        for job in self.jobs:
+            if job.proc is None and job.after_case is None:
+                self.start_job(job)
+        running = [j for j in self.jobs if j.proc is not None and j.proc.poll() is None]
+        for job in self.jobs:
+            if job.proc is None and job.after_case is not None:
+                marker = CASE_MARKER + job.after_case.encode() + b" "
+                if not running or any(marker in self._log_bytes(j) for j in running):
+                    self.start_job(job)
+
+    def start_job(self, job: Job) -> None:
+        assert job.log_path is not None
+        name = f"wstest {job.outdir.relative_to(self.report_dir)}"
+        log(f"{name}: {len(job.cases)} cases")
+        job.proc = Proc.start(name, job.argv, job.log_path, cwd=self.report_dir)
+
     def wait_jobs(self) -> None:
         """Poll the wstest processes, printing progress, until done or timed out."""
         deadline = time.monotonic() + self.args.timeout
         last_progress = time.monotonic()
+        self.start_due_jobs()
         # Poll every job each round (no short-circuit) so finished ones are reaped on time.
-        while [j for j in self.jobs if j.proc and j.proc.poll() is None]:
+        while [j for j in self.jobs if j.proc is None or j.proc.poll() is None]:
             if time.monotonic() > deadline:
                 log(
                     f"timeout after {self.args.timeout:.0f}s: stopping wstest, which writes its "
@@ -341,10 +357,12 @@ class Runner:
                 last_progress = time.monotonic()
                 log("progress: " + ", ".join(self.progress(j) for j in self.jobs))
             time.sleep(0.5)
+            self.start_due_jobs()
 
     @staticmethod
     def _log_bytes(job: Job) -> bytes:
-        assert job.proc is not None
+        if job.proc is None:
+            return b""
         try:
             return job.proc.log_path.read_bytes()
         except OSError:
@@ -428,7 +446,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--wstest", help="wstest launcher (default: $WSTEST or install_wstest.sh's)")
     p.add_argument(
-        "--timeout", type=float, default=40 * 60, help="seconds for all wstest runs (default 2400)"
+        "--timeout", type=float, default=70 * 60, help="seconds for all wstest runs (default 4200)"
     )
     p.add_argument(
         "--startup-timeout", type=float, default=30.0, help="seconds for a server to listen"

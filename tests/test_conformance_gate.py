@@ -107,8 +107,8 @@ def test_unimplemented_deflate_fails(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 @pytest.mark.parametrize(
     "index",
-    [{}, {AGENT: {}}, "", "not json", []],
-    ids=["no-agent", "no-case", "blank", "garbage", "list"],
+    [{}, {AGENT: {}}, "", "not json", [], {AGENT: 5}, {AGENT: {"1.x": entry()}}],
+    ids=["no-agent", "no-case", "blank", "garbage", "list", "agent-not-dict", "bad-case-id"],
 )
 def test_empty_or_broken_report_fails(tmp_path: Path, index: Any) -> None:
     assert run_gate(write_report(tmp_path, index)) == 1
