@@ -26,9 +26,9 @@ import uuid
 
 from twisted.internet import defer, task
 
-from improto.backend import Envelope
-from improto.redis_resp import HIREDIS_AVAILABLE
-from improto.redisbackend import RedisBackend
+from improto.backends.interface import Envelope
+from improto.backends.redis.backend import RedisBackend
+from improto.backends.redis.client import HIREDIS_AVAILABLE
 
 
 async def measure(

@@ -27,7 +27,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
-from improto._autobahn_quiet import QuietLoggingMixin
+from improto.web.quiet import QuietLoggingMixin
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
 PAYLOAD = json.dumps({"username": "alice", "msg": "hello, world - 0123456789"}).encode()
@@ -206,15 +206,15 @@ def without_quiet_mixin(cls: type) -> type:
 def improto_factory(stock_autobahn: bool = False) -> Any:
     from twisted.internet import reactor
 
-    from improto.memory import MemoryBackend
+    from improto.backends.memory import MemoryBackend
     from improto.router import Router, RouterLimits
     from improto.settings import Settings
-    from improto.websocket import ChatServerFactory
+    from improto.web.chat import ChatServerFactory
 
-    settings = Settings(rate=0, burst=0)
+    settings = Settings()
     backend = MemoryBackend()
     backend.start()
-    router = Router(backend, limits=RouterLimits(settings.max_message_size, 0, 0))
+    router = Router(backend, limits=RouterLimits(rate=0, burst=0))
     factory = ChatServerFactory(router, settings, reactor)
     if stock_autobahn:
         factory.protocol = without_quiet_mixin(factory.protocol)

@@ -5,11 +5,14 @@ What an embedding program uses::
 
     from improto import MemoryBackend, Router, websocket_resource, feed_resource
 
-None of these imports the global reactor.
+None of these imports the global reactor. ``RedisBackend`` needs the
+``improto[redis]`` extra and is imported only when asked for.
 """
 
-from improto.backend import Envelope, IBackend
-from improto.memory import MemoryBackend
+from typing import Any
+
+from improto.backends.interface import Envelope, IBackend
+from improto.backends.memory import MemoryBackend
 from improto.router import Router, RouterLimits
 from improto.settings import Settings
 from improto.web import feed_resource, websocket_resource
@@ -20,9 +23,18 @@ __all__ = [
     "Envelope",
     "IBackend",
     "MemoryBackend",
+    "RedisBackend",
     "Router",
     "RouterLimits",
     "Settings",
     "feed_resource",
     "websocket_resource",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RedisBackend":
+        from improto.backends.redis import RedisBackend
+
+        return RedisBackend
+    raise AttributeError(f"module 'improto' has no attribute {name!r}")

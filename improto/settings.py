@@ -1,4 +1,9 @@
-"""Settings shared by the tap, the web layer and embedding programs."""
+"""
+Settings of the web layer and the service: origins, pings, the echo route,
+backpressure and shutdown. What a connection may send (size, rate, groups)
+is the router's :class:`~improto.router.limits.RouterLimits`, and the web
+layer reads it from the router, so no number is configured twice.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,8 @@ import attrs
 
 @attrs.frozen
 class Settings:
-    #: Longest text frame accepted on a chat route, in bytes. Frames up to
-    #: four times that get a ``too_large`` error; longer ones close the
-    #: connection with 1009, as RFC 6455 asks.
-    max_message_size: int = 64 * 1024
     #: Origins allowed to open WebSockets (Autobahn patterns; ``*`` = any).
     allowed_origins: tuple[str, ...] = ("*",)
-    #: Sustained frames per second per connection, and the burst allowed.
-    rate: float = 20.0
-    burst: float = 40.0
     #: Seconds between WebSocket pings, to find dead peers (0 = never).
     ping_interval: float = 30.0
     #: Request path of the echo route (the conformance suite's target).

@@ -14,7 +14,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 from twisted.web.server import Site
 
-from improto.backends import check_backend_url
+from improto.backends.url import check_backend_url
 
 
 def _positive_int(value: str) -> int:
@@ -64,7 +64,7 @@ class Options(usage.Options):
         except ValueError as e:
             raise _fail(str(e)) from None
         if scheme == "redis":
-            from improto.redisbackend import check_reachable
+            from improto.backends.redis.backend import check_reachable
 
             try:
                 check_reachable(self["backend"], timeout=3.0)
@@ -79,25 +79,23 @@ class Options(usage.Options):
 def makeService(options: Options) -> IService:
     from twisted.internet import endpoints, reactor
 
-    from improto.backends import backend_from_url
+    from improto.backends.url import backend_from_url
     from improto.router import Router, RouterLimits
     from improto.service import ImprotoService
     from improto.settings import Settings
     from improto.web import root_resource
 
     settings = Settings(
-        max_message_size=options["max-message-size"],
         allowed_origins=options["allowed-origins"],
-        rate=options["rate"],
-        burst=options["rate"] * 2,
         ping_interval=options["ping-interval"],
     )
-    backend = backend_from_url(options["backend"], reactor)
-    router = Router(
-        backend,
-        limits=RouterLimits(settings.max_message_size, settings.rate, settings.burst),
-        clock=time.monotonic,
+    limits = RouterLimits(
+        max_message_size=options["max-message-size"],
+        rate=options["rate"],
+        burst=options["rate"] * 2,
     )
+    backend = backend_from_url(options["backend"], reactor)
+    router = Router(backend, limits=limits, clock=time.monotonic)
     site = Site(root_resource(router, settings, reactor, options["static"]))
     site.noisy = False
     endpoint = endpoints.serverFromString(reactor, options["port"])

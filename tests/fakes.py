@@ -8,8 +8,9 @@ from typing import Any
 
 import attrs
 
-from improto.memory import MemoryBackend, MemoryHub
-from improto.router import Router, RouterLimits
+from improto.backends.memory import MemoryBackend, MemoryHub
+from improto.router import Router
+from improto.router.limits import RouterLimits
 
 
 @attrs.define(eq=False)

@@ -18,7 +18,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
-from improto._autobahn_quiet import QuietLoggingMixin, _create_xor_masker
+from improto.web.quiet import QuietLoggingMixin, _create_xor_masker
 from tests import wsframes
 
 

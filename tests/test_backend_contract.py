@@ -29,11 +29,17 @@ from twisted.internet.task import deferLater
 from twisted.logger import globalLogPublisher
 from zope.interface.verify import verifyObject
 
-from improto.backend import Audience, BackendState, BackendUnavailable, Envelope, IBackend
-from improto.memory import MemoryBackend, MemoryHub
-from improto.redis_resp import PythonReader, RedisReplyError, make_reader
-from improto.redis_wire import WireError, decode_envelope, encode_envelope
-from improto.redisbackend import RedisBackend, check_reachable, parse_redis_url
+from improto.backends.interface import (
+    Audience,
+    BackendState,
+    BackendUnavailable,
+    Envelope,
+    IBackend,
+)
+from improto.backends.memory import MemoryBackend, MemoryHub
+from improto.backends.redis.backend import RedisBackend, check_reachable, parse_redis_url
+from improto.backends.redis.client import PythonReader, RedisReplyError, make_reader
+from improto.backends.redis.wire import WireError, decode_envelope, encode_envelope
 from tests.redis_fixture import RedisServer, free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -433,7 +439,7 @@ def log_events():
     events: list[dict[str, Any]] = []
 
     def observe(event: dict[str, Any]) -> None:
-        if event.get("log_namespace") == "improto.redisbackend":
+        if event.get("log_namespace") == "improto.backends.redis.backend":
             events.append(event)
 
     globalLogPublisher.addObserver(observe)
@@ -476,7 +482,7 @@ async def test_dead_node_vanishes_from_presence(redis_nodes: Any, redis_url: str
 _DOOMED_NODE = """
 import sys
 from twisted.internet import defer, reactor
-from improto.redisbackend import RedisBackend
+from improto.backends.redis.backend import RedisBackend
 
 async def main():
     node = RedisBackend.from_url(sys.argv[1], reactor=reactor, prefix=sys.argv[2],

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from improto import codec
-from improto.codec import ErrorCode, ProtocolError
+from improto.protocol import codec
+from improto.protocol.codec import ErrorCode, ProtocolError
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,7 @@ def test_wheel_ships_the_dropin_but_not_a_plugins_package(tmp_path: Path) -> Non
     names = zipfile.ZipFile(wheel).namelist()
     assert "twisted/plugins/improto_twistd.py" in names
     assert "twisted/plugins/__init__.py" not in names
-    assert "improto/static/index.html" in names
+    assert "improto/web/static/index.html" in names
     assert not any(name.startswith(("tests/", "conformance/", "benchmarks/")) for name in names)
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from twisted.internet.defer import Deferred
 
-from improto.memory import MemoryBackend, MemoryHub
+from improto.backends.memory import MemoryBackend, MemoryHub
 from improto.router import Router, RouterLimits
 from tests.fakes import FakeClock, FakeLink, make_router
 

@@ -9,10 +9,10 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
-from improto.memory import MemoryBackend
+from improto.backends.memory import MemoryBackend
 from improto.router import Router, RouterLimits
 from improto.settings import Settings
-from improto.websocket import ChatServerFactory
+from improto.web.chat import ChatServerFactory
 from tests import wsframes
 
 DEFLATE = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
@@ -58,7 +58,7 @@ def factory():
     backend = MemoryBackend()
     backend.start()
     router = Router(backend, limits=RouterLimits(max_message_size=1000))
-    return ChatServerFactory(router, Settings(max_message_size=1000), MemoryReactorClock())
+    return ChatServerFactory(router, Settings(), MemoryReactorClock())
 
 
 def test_handshake_accepts_deflate_without_server_context_takeover(factory):

@@ -5,7 +5,7 @@ Run improto exactly as deployed (``twistd -n improto``), for the benchmarks.
 
 ``--profile FILE``: SIGUSR1 starts cProfile (clock: process CPU time, or
 wall with ``--profile-clock wall``), SIGUSR2 stops it and writes FILE. ``--stock-autobahn`` undoes
-``improto._autobahn_quiet``: every method the mixin re-states is pointed
+``improto.web.quiet``: every method the mixin re-states is pointed
 back at Autobahn's own, to measure what the mixin buys ("before").
 """
 
@@ -19,7 +19,7 @@ def use_stock_autobahn() -> None:
     from autobahn.twisted.websocket import WebSocketServerProtocol
 
     from improto import websocket
-    from improto._autobahn_quiet import QuietLoggingMixin
+    from improto.web.quiet import QuietLoggingMixin
 
     class StockAutobahnChatProtocol(websocket.ChatServerProtocol):
         pass

@@ -4,8 +4,8 @@ The contract between the router and a delivery backend.
 A backend moves already-encoded frames between improto nodes. It knows
 channels, envelopes and presence sets; it knows nothing about WebSocket,
 users' sessions or the chat protocol. Two implementations ship:
-:class:`improto.memory.MemoryBackend` (one process) and
-:class:`improto.redisbackend.RedisBackend` (many nodes sharing one Redis).
+:class:`improto.backends.memory.MemoryBackend` (one process) and
+:class:`improto.backends.redis.backend.RedisBackend` (many nodes sharing one Redis).
 
 Everything that can wait on a network returns a ``Deferred`` so that the
 router is written once for both.

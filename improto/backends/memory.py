@@ -14,7 +14,7 @@ import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
-from improto.backend import (
+from improto.backends.interface import (
     BackendHealth,
     BackendState,
     BackendUnavailable,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from improto.backend import IBackend
-from improto.memory import MemoryBackend
+from improto.backends.interface import IBackend
+from improto.backends.memory import MemoryBackend
 
 SCHEMES = ("memory", "redis")
 
@@ -19,7 +19,7 @@ def check_backend_url(url: str) -> str:
             f"unsupported backend URL {url!r}: expected memory:// or redis://HOST:PORT/DB"
         )
     if scheme == "redis":
-        from improto.redisbackend import parse_redis_url
+        from improto.backends.redis.backend import parse_redis_url
 
         parse_redis_url(url)
     return scheme
@@ -29,6 +29,6 @@ def backend_from_url(url: str, reactor: Any, **options: Any) -> IBackend:
     scheme = check_backend_url(url)
     if scheme == "memory":
         return MemoryBackend()
-    from improto.redisbackend import RedisBackend
+    from improto.backends.redis.backend import RedisBackend
 
     return RedisBackend.from_url(url, reactor=reactor, **options)

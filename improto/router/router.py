@@ -1,11 +1,14 @@
 """
-The router: users, their sessions, groups, and who gets which frame.
+The :class:`Router`: the one object a web layer or an embedding program holds.
 
-It is sans-IO: it talks to connections through :class:`SessionLink` and to
-other nodes through an :class:`~improto.backend.IBackend`, and it never
-touches a socket, a reactor or Redis. Every delivery, even to a member on
-this very node, goes through the backend, so one code path serves one
-node and many.
+It owns the lifecycle of connections (prepare, connect, disconnect), group
+membership and the subscriptions behind it, and the embedding API
+(:meth:`Router.publish`, :meth:`Router.join`). What a client's frames ask
+for is decided in :mod:`improto.router.inbound`; how envelopes reach local
+connections in :mod:`improto.router.delivery`.
+
+Every delivery, even to a member on this very node, goes through the
+backend, so one code path serves one node and many.
 """
 
 from __future__ import annotations
@@ -13,96 +16,24 @@ from __future__ import annotations
 import functools
 import itertools
 import time
-from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from typing import Any
 
-import attrs
-from twisted.internet.defer import Deferred, FirstError, gatherResults, succeed
-from twisted.logger import Logger
-from twisted.python.failure import Failure
+from twisted.internet.defer import Deferred, gatherResults, succeed
 
-from improto import codec
-from improto.backend import Audience, BackendUnavailable, Envelope, IBackend
-from improto.codec import ErrorCode, ProtocolError
-from improto.ratelimit import TokenBucket
-from improto.subscriptions import Subscriptions
+from improto.backends.interface import Envelope, IBackend
+from improto.protocol import codec
+from improto.router.channels import echo_channel, group_channel, user_channel
+from improto.router.delivery import Replies, deliver
+from improto.router.groups import GroupMembership
+from improto.router.inbound import Inbound
+from improto.router.limits import RouterLimits
+from improto.router.presence import Presence, first_error, in_background
+from improto.router.ratelimit import TokenBucket
+from improto.router.sessions import Session, SessionLink, SessionTable, Ticket
+from improto.router.subscriptions import Subscriptions
 
-_log = Logger()
-
-#: Presence scope of users connected anywhere in the cluster.
-ONLINE_SCOPE = "online"
-MAX_GROUPS_PER_SESSION = 256
-
-
-class SessionLink(Protocol):
-    """What the router needs from one client connection."""
-
-    def send_frame(self, data: bytes, binary: bool) -> None:
-        """Queue one encoded frame for this client."""
-
-    def close(self, code: int, reason: str) -> None:
-        """Close the connection with a WebSocket close code."""
-
-    @classmethod
-    def broadcast(cls, links: Sequence[Any], data: bytes, binary: bool) -> None:
-        """Send one frame to many links of this class, encoding it once."""
-
-
-def send_each(links: Sequence[SessionLink], data: bytes, binary: bool) -> None:
-    """The plain broadcast, for links that have nothing smarter."""
-    for link in links:
-        link.send_frame(data, binary)
-
-
-@attrs.define(eq=False)
-class Session:
-    """One connection of one user, as the router sees it."""
-
-    id: str
-    user: str
-    link: SessionLink
-    native: bool
-    bucket: TokenBucket
-    groups: set[str] = attrs.field(factory=set)
-    #: Backend channels this session holds a subscription reference to.
-    channels: set[str] = attrs.field(factory=set)
-    echo: bool = False
-    #: Receives a group's frames but is nobody: no presence, no sending.
-    listener: bool = False
-    closed: bool = False
-    #: Error codes already logged for this session: log once, not per frame.
-    logged: set[str] = attrs.field(factory=set)
-
-
-@attrs.define
-class Ticket:
-    """A connection-to-be, with the subscriptions made ready for it."""
-
-    session_id: str
-    channels: set[str] = attrs.field(factory=set)
-
-
-@attrs.frozen
-class RouterLimits:
-    #: Longest text frame, in bytes, accepted on a chat route.
-    max_message_size: int = 64 * 1024
-    #: Sustained frames per second per connection (0 disables the limit).
-    rate: float = 20.0
-    #: Frames a connection may send at once before the rate applies.
-    burst: float = 40.0
-
-
-def _group_channel(group: str) -> str:
-    return "group:" + group
-
-
-def _user_channel(user: str) -> str:
-    return "user:" + user
-
-
-def _group_scope(group: str) -> str:
-    return "group:" + group
+__all__ = ["Router", "RouterLimits", "Session", "SessionLink", "Ticket"]
 
 
 class Router:
@@ -122,18 +53,19 @@ class Router:
     ) -> None:
         self.backend = backend
         self.limits = limits
-        self._clock = clock
+        self.clock = clock
         self._ids = itertools.count(1)
-        self.sessions: dict[str, Session] = {}
-        self._user_sessions: dict[str, set[Session]] = defaultdict(set)
+        self._table = SessionTable()
+        self._groups = GroupMembership()
         self._subscriptions = Subscriptions(backend)
-        self._group_members: dict[str, set[Session]] = defaultdict(set)
-        #: group -> user -> that user's (non-listener) sessions in the group:
-        #: joins and leaves ask "is this user still here?" in O(1).
-        self._group_users: dict[str, Counter[str]] = defaultdict(Counter)
-        #: Local sessions speaking the native dialect. With none, an envelope
-        #: for native sessions only (presence) has nobody to go to here.
-        self._native_sessions = 0
+        self.presence = Presence(backend)
+        self.replies = Replies()
+        self._inbound = Inbound(self)
+
+    @property
+    def sessions(self) -> Mapping[str, Session]:
+        """Every open session on this node, by id (read-only)."""
+        return self._table.by_id
 
     # -- connections -------------------------------------------------------
 
@@ -145,15 +77,11 @@ class Router:
         echo connection. Pass the ticket to :meth:`connect` (or
         :meth:`connect_echo`), or to :meth:`cancel` if the handshake fails.
         """
-        ticket = self._new_ticket()
-        session_id = ticket.session_id
+        ticket = Ticket(self._new_id())
         if user is None:
-            waits = [self._hold(ticket, "echo:" + session_id, self._deliver_echo, session_id)]
+            waits = [self._hold_echo(ticket, ticket.session_id)]
         else:
-            waits = [
-                self._hold(ticket, _user_channel(user), self._deliver_to_user, user),
-                self._hold(ticket, _group_channel(codec.LOBBY), self._deliver_to_group, codec.LOBBY),
-            ]
+            waits = [self._hold_user(ticket, user), self._hold_group(ticket, codec.LOBBY)]
         return gatherResults(waits).addCallback(lambda _: ticket)
 
     def cancel(self, ticket: Ticket) -> None:
@@ -166,20 +94,15 @@ class Router:
         self, link: SessionLink, user: str, *, native: bool, ticket: Ticket | None = None
     ) -> Session:
         """Register a chat connection; it joins the lobby, as in the seeds."""
-        ticket = ticket or self._new_ticket()
         session = self._new_session(link, user, native, ticket)
-        self._user_sessions[user].add(session)
-        if _user_channel(user) not in session.channels:
-            self._hold(session, _user_channel(user), self._deliver_to_user, user)
-        if len(self._user_sessions[user]) == 1:
-            _background(
-                self._announce_added(
-                    ONLINE_SCOPE, user, codec.presence("online", user), exclude=session.id
-                )
-            )
+        self._table.add(session)
+        if user_channel(user) not in session.channels:
+            self._hold_user(session, user)
+        if len(self._table.of_user(user)) == 1:
+            in_background(self.presence.came_online(user, exclude=session.id))
         if native:
             link.send_frame(codec.welcome(user, session.id, [codec.LOBBY]), False)
-        _background(self._join(session, codec.LOBBY))
+        in_background(self.join_group(session, codec.LOBBY))
         return session
 
     def connect_echo(self, link: SessionLink, ticket: Ticket | None = None) -> Session:
@@ -187,12 +110,11 @@ class Router:
         Register an echo connection: whatever it sends travels through the
         backend and comes back to it alone (the conformance route).
         """
-        ticket = ticket or self._new_ticket()
         session = self._new_session(link, "", False, ticket)
         session.echo = True
-        channel = "echo:" + session.id
-        if channel not in session.channels:
-            self._hold(session, channel, self._deliver_echo, session.id)
+        self._table.add(session)
+        if echo_channel(session.id) not in session.channels:
+            self._hold_echo(session, session.id)
         return session
 
     def connect_listener(self, link: SessionLink, group: str) -> Session:
@@ -201,24 +123,11 @@ class Router:
         published to ``group`` (a live feed, like the voting example's
         viewers). It appears in no presence list.
         """
-        session = self._new_session(link, "", False, self._new_ticket())
+        session = self._new_session(link, "", False, None)
         session.listener = True
-        session.groups.add(group)
-        self._group_members[group].add(session)
-        self._hold(session, _group_channel(group), self._deliver_to_group, group)
-        return session
-
-    def _new_ticket(self) -> Ticket:
-        return Ticket(f"{self.backend.node_id}-{next(self._ids)}")
-
-    def _new_session(self, link: SessionLink, user: str, native: bool, ticket: Ticket) -> Session:
-        bucket = TokenBucket(self.limits.rate, self.limits.burst)
-        session = Session(ticket.session_id, user, link, native, bucket)
-        if native:
-            self._native_sessions += 1
-        session.channels.update(ticket.channels)
-        ticket.channels.clear()
-        self.sessions[session.id] = session
+        self._table.add(session)
+        self._groups.add(session, group)
+        self._hold_group(session, group)
         return session
 
     def disconnect(self, session: Session) -> None:
@@ -226,347 +135,95 @@ class Router:
         if session.closed:
             return
         session.closed = True
-        del self.sessions[session.id]
-        if session.native:
-            self._native_sessions -= 1
-        if not (session.echo or session.listener):
-            for group in sorted(session.groups):
-                _background(self._leave(session, group))
-            sessions = self._user_sessions[session.user]
-            sessions.discard(session)
-            if not sessions:
-                del self._user_sessions[session.user]
-                _background(
-                    self._announce_removed(
-                        ONLINE_SCOPE, session.user, codec.presence("offline", session.user)
-                    )
-                )
-        for group in session.groups:
-            self._group_members[group].discard(session)
-            if not self._group_members[group]:
-                del self._group_members[group]
-                self._group_users.pop(group, None)
+        for group in sorted(session.groups):
+            in_background(self.leave_group(session, group))
+        if self._table.remove(session):
+            in_background(self.presence.went_offline(session.user))
         for channel in session.channels:
             self._subscriptions.release(channel)
         session.channels.clear()
 
     def close_all(self, code: int = 1001, reason: str = "server is shutting down") -> None:
-        for session in list(self.sessions.values()):
+        for session in list(self._table.by_id.values()):
             session.link.close(code, reason)
+
+    def _new_id(self) -> str:
+        return f"{self.backend.node_id}-{next(self._ids)}"
+
+    def _new_session(
+        self, link: SessionLink, user: str, native: bool, ticket: Ticket | None
+    ) -> Session:
+        ticket = ticket or Ticket(self._new_id())
+        bucket = TokenBucket(self.limits.rate, self.limits.burst)
+        session = Session(ticket.session_id, user, link, native, bucket)
+        session.channels.update(ticket.channels)
+        ticket.channels.clear()
+        return session
 
     # -- inbound frames ----------------------------------------------------
 
     def receive_text(self, session: Session, text: str, size: int) -> None:
         """Handle one text frame of ``size`` bytes from a local session."""
-        if session.echo:
-            self._echo(session, text.encode("utf-8"), binary=False)
-            return
-        if size > self.limits.max_message_size:
-            self._refuse(
-                session,
-                ProtocolError(
-                    ErrorCode.TOO_LARGE,
-                    f"Message of {size} bytes is over the limit of "
-                    f"{self.limits.max_message_size} bytes; it was not delivered.",
-                    codec.request_id_of(text),
-                ),
-            )
-            return
-        try:
-            command = codec.decode(text)
-        except ProtocolError as e:
-            self._refuse(session, e)
-            return
-        if command.native and not session.native:
-            # A client on a seed route that speaks the native dialect gets
-            # native replies (acks, presence) from now on.
-            session.native = True
-            self._native_sessions += 1
-        if not session.bucket.take(self._clock()):
-            self._refuse(
-                session,
-                ProtocolError(
-                    ErrorCode.RATE_LIMITED,
-                    f"Too many messages: at most {self.limits.rate:g} a second; "
-                    "this one was not delivered.",
-                    getattr(command, "id", None),
-                ),
-            )
-            return
-        handler = self._handlers[type(command)]
-        handler(self, session, command)
+        self._inbound.text(session, text, size)
 
     def receive_binary(self, session: Session, data: bytes) -> None:
-        if session.echo:
-            self._echo(session, data, binary=True)
-            return
-        self._refuse(
-            session,
-            ProtocolError(
-                ErrorCode.BINARY_NOT_SUPPORTED,
-                "Binary frames are not supported on chat connections; send JSON text.",
-            ),
-        )
+        """Handle one binary frame from a local session."""
+        self._inbound.binary(session, data)
 
-    def _echo(self, session: Session, data: bytes, binary: bool) -> None:
-        envelope = Envelope(self.backend.node_id, session.id, data, binary)
-        d = self.backend.publish("echo:" + session.id, envelope)
-        d.addErrback(self._failed, session, None)
-
-    # -- commands ----------------------------------------------------------
-
-    def _send_to_group(self, session: Session, command: codec.SendToGroup) -> None:
-        if command.group not in session.groups:
-            self._refuse(
-                session,
-                ProtocolError(
-                    ErrorCode.NOT_A_MEMBER,
-                    f"You are not a member of group '{command.group}'; join it first.",
-                    command.id,
-                ),
-            )
-            return
-        envelope = Envelope(
-            self.backend.node_id,
-            session.id,
-            codec.group_message(command.group, session.user, command.msg),
-            exclude_session=session.id,
-        )
-        d = self.backend.publish(_group_channel(command.group), envelope)
-        d.addCallbacks(lambda _: self._ack(session, command.id), self._failed,
-                       errbackArgs=(session, command.id))
-
-    def _send_to_user(self, session: Session, command: codec.SendToUser) -> None:
-        data = codec.private_message(session.user, command.to, command.msg)
-        envelope = Envelope(self.backend.node_id, session.id, data, exclude_session=session.id)
-        d = self.backend.publish(_user_channel(command.to), envelope)
-
-        def delivered(receivers: int) -> None:
-            if receivers == 0:
-                self._refuse(
-                    session,
-                    ProtocolError(
-                        ErrorCode.UNKNOWN_USER,
-                        f"User '{command.to}' is not online; the message was not delivered.",
-                        command.id,
-                    ),
-                )
-                return
-            if command.to != session.user:
-                # The sender's other devices see what was sent from this one.
-                copy = Envelope(
-                    envelope.origin_node, envelope.origin_session, envelope.data,
-                    envelope.binary, Audience.NATIVE, envelope.exclude_session,
-                )
-                self.backend.publish(_user_channel(session.user), copy).addErrback(
-                    self._failed, None, None
-                )
-            self._ack(session, command.id)
-
-        d.addCallbacks(delivered, self._failed, errbackArgs=(session, command.id))
-
-    def _join_command(self, session: Session, command: codec.Join) -> None:
-        if command.group in session.groups:
-            self._ack(session, command.id)
-            return
-        if len(session.groups) >= MAX_GROUPS_PER_SESSION:
-            self._refuse(
-                session,
-                ProtocolError(
-                    ErrorCode.BAD_MESSAGE,
-                    f"A connection may be in at most {MAX_GROUPS_PER_SESSION} groups.",
-                    command.id,
-                ),
-            )
-            return
-        d = self._join(session, command.group)
-        d.addCallbacks(lambda _: self._ack(session, command.id), self._failed,
-                       errbackArgs=(session, command.id))
-
-    def _leave_command(self, session: Session, command: codec.Leave) -> None:
-        if command.group not in session.groups:
-            self._refuse(
-                session,
-                ProtocolError(
-                    ErrorCode.NOT_A_MEMBER,
-                    f"You are not a member of group '{command.group}'.",
-                    command.id,
-                ),
-            )
-            return
-        d = self._leave(session, command.group)
-        d.addCallbacks(lambda _: self._ack(session, command.id), self._failed,
-                       errbackArgs=(session, command.id))
-
-    def _who_command(self, session: Session, command: codec.Who) -> None:
-        d = self.backend.presence_members(_group_scope(command.group))
-        d.addCallbacks(
-            lambda users: self._send(session, codec.who(command.group, users, command.id)),
-            self._failed,
-            errbackArgs=(session, command.id),
-        )
-
-    _handlers: Mapping[type, Callable[[Router, Session, Any], None]] = {
-        codec.SendToGroup: _send_to_group,
-        codec.SendToUser: _send_to_user,
-        codec.Join: _join_command,
-        codec.Leave: _leave_command,
-        codec.Who: _who_command,
-    }
+    def became_native(self, session: Session) -> None:
+        self._table.became_native(session)
 
     # -- membership --------------------------------------------------------
 
-    def _join(self, session: Session, group: str) -> Deferred[Any]:
-        session.groups.add(group)
-        members = self._group_members[group]
-        users = self._group_users[group]
-        user_already_here = users[session.user] > 0
-        members.add(session)
-        if not session.listener:
-            users[session.user] += 1
+    def join_group(self, session: Session, group: str) -> Deferred[Any]:
+        """Add ``session`` to ``group``: subscribe, and announce its user if new there."""
+        first_here = self._groups.add(session, group)
         waits = []
-        channel = _group_channel(group)
-        if channel not in session.channels:
-            waits.append(self._hold(session, channel, self._deliver_to_group, group))
-        if not user_already_here:
-            waits.append(
-                self._announce_added(
-                    _group_scope(group),
-                    session.user,
-                    codec.presence("join", session.user, group),
-                    group,
-                    exclude=session.id,
-                )
-            )
-        return gatherResults(waits, consumeErrors=True).addErrback(_first_error)
+        if group_channel(group) not in session.channels:
+            waits.append(self._hold_group(session, group))
+        if first_here:
+            waits.append(self.presence.joined(session.user, group, exclude=session.id))
+        return gatherResults(waits, consumeErrors=True).addErrback(first_error)
 
-    def _leave(self, session: Session, group: str) -> Deferred[Any]:
-        session.groups.discard(group)
-        members = self._group_members[group]
-        users = self._group_users[group]
-        if session in members and not session.listener:
-            users[session.user] -= 1
-            if users[session.user] <= 0:
-                del users[session.user]
-        members.discard(session)
+    def leave_group(self, session: Session, group: str) -> Deferred[Any]:
+        """Take ``session`` out of ``group``, announcing its user's departure if last."""
         waits = []
-        if not users.get(session.user):
-            waits.append(
-                self._announce_removed(
-                    _group_scope(group),
-                    session.user,
-                    codec.presence("leave", session.user, group),
-                    group,
-                )
-            )
-        if not members:
-            del self._group_members[group]
-            self._group_users.pop(group, None)
-        channel = _group_channel(group)
+        if self._groups.remove(session, group):
+            waits.append(self.presence.left(session.user, group))
+        channel = group_channel(group)
         if channel in session.channels:
             session.channels.discard(channel)
             self._subscriptions.release(channel)
-        return gatherResults(waits, consumeErrors=True).addErrback(_first_error)
+        return gatherResults(waits, consumeErrors=True).addErrback(first_error)
 
-    def _announce_added(
-        self,
-        scope: str,
-        user: str,
-        event: bytes,
-        group: str = codec.LOBBY,
-        exclude: str | None = None,
-    ) -> Deferred[None]:
-        def announce(first_anywhere: bool) -> Deferred[Any] | None:
-            if first_anywhere:
-                return self._publish_presence(group, event, exclude)
-            return None
-
-        return self.backend.presence_add(scope, user).addCallback(announce)
-
-    def _announce_removed(
-        self, scope: str, user: str, event: bytes, group: str = codec.LOBBY
-    ) -> Deferred[None]:
-        def announce(gone_everywhere: bool) -> Deferred[Any] | None:
-            if gone_everywhere:
-                return self._publish_presence(group, event)
-            return None
-
-        return self.backend.presence_remove(scope, user).addCallback(announce)
-
-    def _publish_presence(
-        self, group: str, event: bytes, exclude: str | None = None
-    ) -> Deferred[int]:
-        envelope = Envelope(
-            self.backend.node_id, "", event, audience=Audience.NATIVE, exclude_session=exclude
-        )
-        return self.backend.publish(_group_channel(group), envelope)
+    # -- subscriptions and what arrives on them ------------------------------
 
     def _hold(
-        self, holder: Session | Ticket, channel: str, deliver: Callable[..., None], key: Any
+        self, holder: Session | Ticket, channel: str, deliver_to: Callable[[Envelope], None]
     ) -> Deferred[None]:
         """Subscribe ``channel`` for ``holder``; it is released on disconnect."""
         holder.channels.add(channel)
-        return self._subscriptions.hold(channel, functools.partial(deliver, key))
+        return self._subscriptions.hold(channel, deliver_to)
 
-    # -- outbound ----------------------------------------------------------
+    def _hold_user(self, holder: Session | Ticket, user: str) -> Deferred[None]:
+        return self._hold(holder, user_channel(user), functools.partial(self._to_user, user))
 
-    def _deliver_to_group(self, group: str, envelope: Envelope) -> None:
-        self._deliver(self._group_members.get(group, ()), envelope)
+    def _hold_group(self, holder: Session | Ticket, group: str) -> Deferred[None]:
+        return self._hold(holder, group_channel(group), functools.partial(self._to_group, group))
 
-    def _deliver_to_user(self, user: str, envelope: Envelope) -> None:
-        self._deliver(self._user_sessions.get(user, ()), envelope)
+    def _hold_echo(self, holder: Session | Ticket, session_id: str) -> Deferred[None]:
+        return self._hold(holder, echo_channel(session_id), functools.partial(self._to_echo, session_id))
 
-    def _deliver_echo(self, session_id: str, envelope: Envelope) -> None:
-        session = self.sessions.get(session_id)
+    def _to_group(self, group: str, envelope: Envelope) -> None:
+        deliver(self._groups.members(group), envelope, self._table)
+
+    def _to_user(self, user: str, envelope: Envelope) -> None:
+        deliver(self._table.of_user(user), envelope, self._table)
+
+    def _to_echo(self, session_id: str, envelope: Envelope) -> None:
+        session = self._table.by_id.get(session_id)
         if session is not None:
             session.link.send_frame(envelope.data, envelope.binary)
-
-    def _deliver(self, sessions: Iterable[Session], envelope: Envelope) -> None:
-        native_only = envelope.audience is Audience.NATIVE
-        if native_only and not self._native_sessions:
-            return
-        by_class: dict[type, list[SessionLink]] = {}
-        for s in sessions:
-            if s.id == envelope.exclude_session or (native_only and not s.native):
-                continue
-            by_class.setdefault(type(s.link), []).append(s.link)
-        for link_class, links in by_class.items():
-            broadcast = getattr(link_class, "broadcast", None)
-            if broadcast is None:
-                send_each(links, envelope.data, envelope.binary)
-            else:
-                broadcast(links, envelope.data, envelope.binary)
-
-    def _send(self, session: Session, data: bytes) -> None:
-        if not session.closed:
-            session.link.send_frame(data, False)
-
-    def _ack(self, session: Session, request_id: str | None) -> None:
-        if request_id is not None and session.native:
-            self._send(session, codec.ack(request_id))
-
-    def _refuse(self, session: Session, error: ProtocolError) -> None:
-        if error.code.value not in session.logged:
-            session.logged.add(error.code.value)
-            _log.info(
-                "Refused a frame from {user!r} (session {session}): {code}: {reason} "
-                "(further {code} errors of this session are not logged)",
-                user=session.user,
-                session=session.id,
-                code=error.code.value,
-                reason=error.reason,
-            )
-        self._send(session, codec.error(error, session.native))
-
-    def _failed(self, failure: Failure, session: Session | None, request_id: str | None) -> None:
-        """A backend call failed: tell the client instead of dropping its message."""
-        if failure.check(BackendUnavailable):
-            reason = "The message service is temporarily unavailable; the message was not delivered."
-        else:
-            _log.failure("Backend call failed", failure)
-            reason = "Internal error in the message service; the message was not delivered."
-        if session is not None:
-            self._refuse(session, ProtocolError(ErrorCode.BACKEND_UNAVAILABLE, reason, request_id))
 
     # -- the embedding API -------------------------------------------------
 
@@ -591,35 +248,11 @@ class Router:
             data = payload.encode("utf-8")
         else:
             data = payload
-        channel = _group_channel(group) if group is not None else _user_channel(user or "")
+        channel = group_channel(group) if group is not None else user_channel(user or "")
         return self.backend.publish(channel, Envelope(self.backend.node_id, "", data, binary))
 
     def join(self, session: Session, group: str) -> Deferred[Any]:
         """Make a session a member of ``group`` from server-side code."""
         if group in session.groups:
             return succeed(None)
-        return self._join(session, group)
-
-
-def _background(d: Deferred[Any]) -> None:
-    """
-    For work no client waits on (announcing presence on connect and
-    disconnect): an outage is logged once by the backend itself, anything
-    else is a bug worth a traceback.
-    """
-
-    def report(failure: Failure) -> None:
-        failure = _first_error(failure)
-        if not failure.check(BackendUnavailable):
-            _log.failure("Background backend call failed", failure)
-
-    d.addErrback(report)
-
-
-def _first_error(failure: Failure) -> Failure:
-    """Unwrap gatherResults' FirstError so callers see the real failure."""
-    if isinstance(failure.value, FirstError):
-        sub_failure: Failure = failure.value.subFailure
-        return sub_failure
-    return failure
-
+        return self.join_group(session, group)

@@ -6,7 +6,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from improto.backend import BackendUnavailable, EnvelopeCallback, IBackend
+from improto.backends.interface import BackendUnavailable, EnvelopeCallback, IBackend
 
 _log = Logger()
 

@@ -20,7 +20,8 @@ from twisted.web.static import Data, File
 
 from improto.router import Router
 from improto.settings import Settings
-from improto.websocket import ChatServerFactory, FeedHandler, FeedServerFactory
+from improto.web.chat import ChatServerFactory
+from improto.web.feed import FeedHandler, FeedServerFactory
 
 
 def websocket_resource(
@@ -57,7 +58,7 @@ def feed_resource(
 
 
 def default_page() -> Resource:
-    page = resources.files("improto").joinpath("static/index.html").read_bytes()
+    page = resources.files("improto.web").joinpath("static/index.html").read_bytes()
     return Data(page, "text/html; charset=utf-8")
 
 

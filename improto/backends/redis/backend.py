@@ -7,8 +7,8 @@ node subscribes ``<prefix><channel>`` only for the channels the router
 asks for, i.e. groups and users with sessions on this node; since each
 node has exactly one subscriber connection, the count ``PUBLISH`` returns
 is the number of nodes that received the envelope. Presence lives in
-hashes guarded by per-node heartbeat keys, see :mod:`improto.redis_presence`.
-Everything runs on the reactor thread over :mod:`improto.redis_resp`, so
+hashes guarded by per-node heartbeat keys, see :mod:`improto.backends.redis.presence`.
+Everything runs on the reactor thread over :mod:`improto.backends.redis.client`, so
 it works under plain ``twistd`` with whatever reactor it installs.
 
 Delivery guarantee
@@ -64,7 +64,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from improto.backend import (
+from improto.backends.interface import (
     BackendHealth,
     BackendState,
     BackendUnavailable,
@@ -72,9 +72,9 @@ from improto.backend import (
     EnvelopeCallback,
     IBackend,
 )
-from improto.redis_presence import PresenceStore
-from improto.redis_resp import RedisReplyError, RespConnection, RespStats
-from improto.redis_wire import WireError, decode_envelope, encode_envelope
+from improto.backends.redis.client import RedisReplyError, RespConnection, RespStats
+from improto.backends.redis.presence import PresenceStore
+from improto.backends.redis.wire import WireError, decode_envelope, encode_envelope
 
 _log = Logger()
 

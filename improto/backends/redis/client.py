@@ -29,7 +29,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTranspor
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
-from improto.backend import BackendUnavailable
+from improto.backends.interface import BackendUnavailable
 
 if HIREDIS_AVAILABLE:
     import hiredis

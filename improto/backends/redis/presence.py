@@ -30,7 +30,7 @@ from typing import Any
 import attrs
 from twisted.internet.defer import Deferred, gatherResults
 
-from improto.redis_resp import RedisReplyError, RespConnection
+from improto.backends.redis.client import RedisReplyError, RespConnection
 
 # Shared prologue: ARGV[1] heartbeat key prefix, ARGV[2] this node's id.
 # ``live(n)`` caches EXISTS per node for the duration of one script.

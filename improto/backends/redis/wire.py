@@ -1,5 +1,5 @@
 """
-How an :class:`~improto.backend.Envelope` travels as a Redis message.
+How an :class:`~improto.backends.interface.Envelope` travels as a Redis message.
 
 Layout (network byte order), version 1::
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import struct
 
-from improto.backend import Audience, Envelope
+from improto.backends.interface import Audience, Envelope
 
 VERSION = 1
 _HEADER = struct.Struct("!BBBHHH")

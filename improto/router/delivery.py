@@ -1,0 +1,85 @@
+"""
+Delivery: envelopes from the backend to local connections, and the replies
+(acks, errors) the router sends a client itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from improto.backends.interface import Audience, BackendUnavailable, Envelope
+from improto.protocol import codec
+from improto.protocol.codec import ErrorCode, ProtocolError
+from improto.router.sessions import Session, SessionLink, SessionTable
+
+_log = Logger()
+
+
+def send_each(links: Sequence[SessionLink], data: bytes, binary: bool) -> None:
+    """The plain broadcast, for links that have nothing smarter."""
+    for link in links:
+        link.send_frame(data, binary)
+
+
+def deliver(sessions: Iterable[Session], envelope: Envelope, table: SessionTable) -> None:
+    """
+    Hand ``envelope`` to every one of ``sessions`` it is meant for. Links of
+    one class get it through that class's ``broadcast``, so a frame is
+    encoded (and compressed) once for all of them, not once per member.
+    """
+    native_only = envelope.audience is Audience.NATIVE
+    if native_only and not table.native_count:
+        return
+    by_class: dict[type, list[SessionLink]] = {}
+    for s in sessions:
+        if s.id == envelope.exclude_session or (native_only and not s.native):
+            continue
+        by_class.setdefault(type(s.link), []).append(s.link)
+    for link_class, links in by_class.items():
+        broadcast = getattr(link_class, "broadcast", None)
+        if broadcast is None:
+            send_each(links, envelope.data, envelope.binary)
+        else:
+            broadcast(links, envelope.data, envelope.binary)
+
+
+class Replies:
+    """
+    What the router itself says to one client: acks for native requests,
+    and error frames, each error code logged once per session rather than
+    once per frame (a flood of bad frames must not flood the log).
+    """
+
+    def send(self, session: Session, data: bytes) -> None:
+        if not session.closed:
+            session.link.send_frame(data, False)
+
+    def ack(self, session: Session, request_id: str | None) -> None:
+        if request_id is not None and session.native:
+            self.send(session, codec.ack(request_id))
+
+    def refuse(self, session: Session, error: ProtocolError) -> None:
+        if error.code.value not in session.logged:
+            session.logged.add(error.code.value)
+            _log.info(
+                "Refused a frame from {user!r} (session {session}): {code}: {reason} "
+                "(further {code} errors of this session are not logged)",
+                user=session.user,
+                session=session.id,
+                code=error.code.value,
+                reason=error.reason,
+            )
+        self.send(session, codec.error(error, session.native))
+
+    def failed(self, failure: Failure, session: Session | None, request_id: str | None) -> None:
+        """A backend call failed: tell the client instead of dropping its message."""
+        if failure.check(BackendUnavailable):
+            reason = "The message service is temporarily unavailable; the message was not delivered."
+        else:
+            _log.failure("Backend call failed", failure)
+            reason = "Internal error in the message service; the message was not delivered."
+        if session is not None:
+            self.refuse(session, ProtocolError(ErrorCode.BACKEND_UNAVAILABLE, reason, request_id))

@@ -1,0 +1,192 @@
+"""
+Inbound: what each client frame asks for, and the answer it gets.
+
+One :class:`Inbound` per router. It checks a frame's size and the sender's
+rate, decodes it, and routes the command to the backend; every request
+ends in exactly one ack or one error frame for a native client.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+
+from improto.backends.interface import Audience, Envelope
+from improto.protocol import codec
+from improto.protocol.codec import ErrorCode, ProtocolError
+from improto.router.channels import echo_channel, group_channel, user_channel
+from improto.router.sessions import Session
+
+if TYPE_CHECKING:
+    from improto.router.router import Router
+
+
+class Inbound:
+    """Handles the frames of local sessions on behalf of a :class:`Router`."""
+
+    def __init__(self, router: Router) -> None:
+        self._router = router
+        self._backend = router.backend
+        self._limits = router.limits
+        self._replies = router.replies
+
+    def text(self, session: Session, text: str, size: int) -> None:
+        if session.echo:
+            self._echo(session, text.encode("utf-8"), binary=False)
+            return
+        if size > self._limits.max_message_size:
+            self._replies.refuse(
+                session,
+                ProtocolError(
+                    ErrorCode.TOO_LARGE,
+                    f"Message of {size} bytes is over the limit of "
+                    f"{self._limits.max_message_size} bytes; it was not delivered.",
+                    codec.request_id_of(text),
+                ),
+            )
+            return
+        try:
+            command = codec.decode(text)
+        except ProtocolError as e:
+            self._replies.refuse(session, e)
+            return
+        if command.native:
+            # A client on a seed route that speaks the native dialect gets
+            # native replies (acks, presence) from now on.
+            self._router.became_native(session)
+        if not session.bucket.take(self._router.clock()):
+            self._replies.refuse(
+                session,
+                ProtocolError(
+                    ErrorCode.RATE_LIMITED,
+                    f"Too many messages: at most {self._limits.rate:g} a second; "
+                    "this one was not delivered.",
+                    getattr(command, "id", None),
+                ),
+            )
+            return
+        match command:
+            case codec.SendToGroup():
+                self._send_to_group(session, command)
+            case codec.SendToUser():
+                self._send_to_user(session, command)
+            case codec.Join():
+                self._join(session, command)
+            case codec.Leave():
+                self._leave(session, command)
+            case codec.Who():
+                self._who(session, command)
+
+    def binary(self, session: Session, data: bytes) -> None:
+        if session.echo:
+            self._echo(session, data, binary=True)
+            return
+        self._replies.refuse(
+            session,
+            ProtocolError(
+                ErrorCode.BINARY_NOT_SUPPORTED,
+                "Binary frames are not supported on chat connections; send JSON text.",
+            ),
+        )
+
+    def _echo(self, session: Session, data: bytes, binary: bool) -> None:
+        envelope = Envelope(self._backend.node_id, session.id, data, binary)
+        d = self._backend.publish(echo_channel(session.id), envelope)
+        d.addErrback(self._replies.failed, session, None)
+
+    def _ack_when_done(self, d: Deferred[Any], session: Session, request_id: str | None) -> None:
+        """End a request in an ack once ``d`` fires, or in an error frame if it fails."""
+        d.addCallbacks(
+            lambda _: self._replies.ack(session, request_id),
+            self._replies.failed,
+            errbackArgs=(session, request_id),
+        )
+
+    def _send_to_group(self, session: Session, command: codec.SendToGroup) -> None:
+        if command.group not in session.groups:
+            self._replies.refuse(
+                session,
+                ProtocolError(
+                    ErrorCode.NOT_A_MEMBER,
+                    f"You are not a member of group '{command.group}'; join it first.",
+                    command.id,
+                ),
+            )
+            return
+        envelope = Envelope(
+            self._backend.node_id,
+            session.id,
+            codec.group_message(command.group, session.user, command.msg),
+            exclude_session=session.id,
+        )
+        d = self._backend.publish(group_channel(command.group), envelope)
+        self._ack_when_done(d, session, command.id)
+
+    def _send_to_user(self, session: Session, command: codec.SendToUser) -> None:
+        data = codec.private_message(session.user, command.to, command.msg)
+        envelope = Envelope(self._backend.node_id, session.id, data, exclude_session=session.id)
+        d = self._backend.publish(user_channel(command.to), envelope)
+
+        def delivered(receivers: int) -> None:
+            if receivers == 0:
+                self._replies.refuse(
+                    session,
+                    ProtocolError(
+                        ErrorCode.UNKNOWN_USER,
+                        f"User '{command.to}' is not online; the message was not delivered.",
+                        command.id,
+                    ),
+                )
+                return
+            if command.to != session.user:
+                # The sender's other devices see what was sent from this one.
+                copy = Envelope(
+                    envelope.origin_node, envelope.origin_session, envelope.data,
+                    envelope.binary, Audience.NATIVE, envelope.exclude_session,
+                )
+                self._backend.publish(user_channel(session.user), copy).addErrback(
+                    self._replies.failed, None, None
+                )
+            self._replies.ack(session, command.id)
+
+        d.addCallbacks(delivered, self._replies.failed, errbackArgs=(session, command.id))
+
+    def _join(self, session: Session, command: codec.Join) -> None:
+        if command.group in session.groups:
+            self._replies.ack(session, command.id)
+            return
+        if len(session.groups) >= self._limits.max_groups:
+            self._replies.refuse(
+                session,
+                ProtocolError(
+                    ErrorCode.BAD_MESSAGE,
+                    f"A connection may be in at most {self._limits.max_groups} groups.",
+                    command.id,
+                ),
+            )
+            return
+        d = self._router.join_group(session, command.group)
+        self._ack_when_done(d, session, command.id)
+
+    def _leave(self, session: Session, command: codec.Leave) -> None:
+        if command.group not in session.groups:
+            self._replies.refuse(
+                session,
+                ProtocolError(
+                    ErrorCode.NOT_A_MEMBER,
+                    f"You are not a member of group '{command.group}'.",
+                    command.id,
+                ),
+            )
+            return
+        d = self._router.leave_group(session, command.group)
+        self._ack_when_done(d, session, command.id)
+
+    def _who(self, session: Session, command: codec.Who) -> None:
+        d = self._router.presence.members(command.group)
+        d.addCallbacks(
+            lambda users: self._replies.send(session, codec.who(command.group, users, command.id)),
+            self._replies.failed,
+            errbackArgs=(session, command.id),
+        )

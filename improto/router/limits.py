@@ -1,0 +1,25 @@
+"""What one connection may do: the router's limits, in one place."""
+
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.frozen
+class RouterLimits:
+    """
+    The per-connection limits the router enforces. The web layer derives its
+    frame-size limits from :attr:`max_message_size` (through the router), so
+    each number is configured once.
+    """
+
+    #: Longest text frame, in bytes, accepted on a chat route. Frames up to
+    #: four times that get a ``too_large`` error; longer ones close the
+    #: connection with 1009, as RFC 6455 asks.
+    max_message_size: int = 64 * 1024
+    #: Sustained frames per second per connection (0 disables the limit).
+    rate: float = 20.0
+    #: Frames a connection may send at once before the rate applies.
+    burst: float = 40.0
+    #: Groups one connection may be a member of at once.
+    max_groups: int = 256

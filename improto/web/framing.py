@@ -1,0 +1,76 @@
+"""
+Frames we build ourselves, and the permessage-deflate terms we accept.
+
+A group broadcast is framed (and compressed) once per compression setting
+and the same bytes are written to every member. For that to be valid, every
+compressed frame we send must be compressed on its own, so chat routes
+insist on ``server_no_context_takeover`` (RFC 7692 section 7.1.1.1).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
+
+
+def frame(payload: bytes, binary: bool, compressed: bool = False) -> bytes:
+    """One unmasked, unfragmented server frame (RFC 6455 section 5.2)."""
+    first = 0x80 | (0x40 if compressed else 0) | (0x2 if binary else 0x1)
+    length = len(payload)
+    if length < 126:
+        header = bytes((first, length))
+    elif length < 0x10000:
+        header = bytes((first, 126)) + length.to_bytes(2, "big")
+    else:
+        header = bytes((first, 127)) + length.to_bytes(8, "big")
+    return header + payload
+
+
+def deflate(payload: bytes, window_bits: int, mem_level: int) -> bytes:
+    """Compress a whole message without context, as RFC 7692 section 7.2.1."""
+    compressor = zlib.compressobj(
+        zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -window_bits, mem_level
+    )
+    return (compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+
+class _ContextFreeAccept(PerMessageDeflateOfferAccept):
+    """Says ``server_no_context_takeover`` even when the client did not ask
+    (RFC 7692 section 7.1.1.1 allows it), so the promise is on the wire."""
+
+    def get_extension_string(self) -> str:
+        text: str = super().get_extension_string()
+        if "server_no_context_takeover" not in text:
+            text += "; server_no_context_takeover"
+        return text
+
+
+def accept_shareable(max_message_size: int) -> Callable[[list[Any]], Any]:
+    """
+    Accept permessage-deflate, insisting on server_no_context_takeover:
+    each frame we send is then compressed on its own, so one compressed
+    broadcast frame is valid on every connection with the same settings.
+    """
+
+    def accept(offers: list[Any]) -> PerMessageDeflateOfferAccept | None:
+        for offer in offers:
+            if isinstance(offer, PerMessageDeflateOffer):
+                return _ContextFreeAccept(
+                    offer, no_context_takeover=True, max_message_size=max_message_size
+                )
+        return None
+
+    return accept
+
+
+def accept_as_offered(max_message_size: int) -> Callable[[list[Any]], Any]:
+    def accept(offers: list[Any]) -> PerMessageDeflateOfferAccept | None:
+        for offer in offers:
+            if isinstance(offer, PerMessageDeflateOffer):
+                return PerMessageDeflateOfferAccept(offer, max_message_size=max_message_size)
+        return None
+
+    return accept

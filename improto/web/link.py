@@ -1,0 +1,140 @@
+"""
+:class:`LinkProtocol`: what every improto WebSocket connection shares.
+
+It is the router's ``SessionLink`` for one connection: it writes frames,
+closes with the close codes a server needs, shares one framed broadcast
+with its peers, and watches backpressure so a client that stops reading
+is dropped instead of buffered for without bound.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerProtocol
+from autobahn.util import encode_truncate
+from autobahn.websocket.compress import PerMessageDeflate
+from twisted.logger import Logger
+
+from improto.router import Router, Session
+from improto.web.framing import deflate, frame
+from improto.web.quiet import QuietLoggingMixin
+
+_log = Logger()
+
+
+class LinkProtocol(QuietLoggingMixin, WebSocketServerProtocol):  # type: ignore[misc]
+    """
+    What every improto connection shares: being a router ``SessionLink``,
+    and sharing one framed (and compressed) broadcast with its peers.
+    """
+
+    _session: Session | None = None
+    #: (window bits, mem level) when our frames are context-free deflate,
+    #: so that one compressed frame may be shared; None when uncompressed.
+    compression_key: tuple[int, int] | None = None
+    #: True when deflate keeps context: every frame is compressed per link.
+    _per_connection_compression = False
+    #: Set while the kernel will not take more bytes for this client.
+    _paused = False
+    #: Bytes queued for this client since it stopped reading.
+    _backlog = 0
+    _dropping = False
+
+    def onOpen(self) -> None:
+        # Autobahn reads its tcpNoDelay setting before copying it from the
+        # factory, so server sockets never get it; chat frames are small and
+        # must not wait for Nagle's algorithm.
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
+        pmce = self._perMessageCompress
+        if isinstance(pmce, PerMessageDeflate) and pmce.server_no_context_takeover:
+            self.compression_key = (pmce.server_max_window_bits, pmce.mem_level)
+        elif pmce is not None:
+            self._per_connection_compression = True
+        self._watch_backpressure()
+        self._session = self.open_session(self.factory.router)
+
+    def _watch_backpressure(self) -> None:
+        """
+        Become the transport's producer, so that Twisted tells us when a
+        client stops reading. Without this a client that never reads makes
+        the server buffer every broadcast for it, without bound.
+        """
+        transport = self.transport
+        if transport is None or not hasattr(transport, "registerProducer"):
+            return
+        # twisted.web's HTTPChannel is still registered from the upgrade.
+        transport.unregisterProducer()
+        transport.registerProducer(self, True)
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._backlog = 0
+
+    def stopProducing(self) -> None:
+        self._paused = False
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        if self._dropping:
+            return
+        if self._paused:
+            self._backlog += len(data)
+            if self._backlog > self.factory.options.max_backlog:
+                self._drop_slow_consumer()
+                return
+        super().sendData(data, sync, chopsize)
+
+    def _drop_slow_consumer(self) -> None:
+        if self._dropping:
+            return
+        self._dropping = True
+        _log.warn(
+            "Dropping {peer}: it stopped reading and {backlog} bytes are waiting for it",
+            peer=self.peer,
+            backlog=self._backlog,
+        )
+        self.transport.abortConnection()
+
+    def open_session(self, router: Router) -> Session | None:
+        raise NotImplementedError
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self._session is not None:
+            self.factory.router.disconnect(self._session)
+            self._session = None
+
+    def send_frame(self, data: bytes, binary: bool) -> None:
+        if self.state == WebSocketServerProtocol.STATE_OPEN:
+            self.sendMessage(data, binary)
+
+    def close(self, code: int, reason: str) -> None:
+        if self.state == WebSocketServerProtocol.STATE_OPEN:
+            # sendClose() only lets applications use 1000 and 3000-4999;
+            # the server needs 1001 (going away) and 1008 (policy).
+            self.sendCloseFrame(code=code, reasonUtf8=encode_truncate(reason, 123), isReply=False)
+
+    @classmethod
+    def broadcast(cls, links: Sequence[Any], data: bytes, binary: bool) -> None:
+        """Frame (and compress) ``data`` once per compression setting."""
+        framed: dict[tuple[int, int] | None, bytes] = {}
+        for link in links:
+            if link.state != WebSocketServerProtocol.STATE_OPEN:
+                continue
+            if link._per_connection_compression:
+                link.sendMessage(data, binary)
+                continue
+            key = link.compression_key
+            wire = framed.get(key)
+            if wire is None:
+                if key is None:
+                    wire = frame(data, binary)
+                else:
+                    wire = frame(deflate(data, *key), binary, compressed=True)
+                framed[key] = wire
+            link.sendData(wire)
