@@ -13,7 +13,7 @@ from websockets.sync.client import connect
 
 from tests.serverproc import free_port, wait_for_port
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "vote.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "vote.py"
 
 
 @pytest.fixture

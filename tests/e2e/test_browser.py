@@ -321,7 +321,7 @@ SEED_LINE_SHA256 = {
 
 def test_seed_pages_match_the_seed() -> None:
     """The fixtures are the seed's one-line pages, with only white space added."""
-    seeds = sorted((Path(__file__).resolve().parents[2] / "shared" / "seeds").glob("003_*.txt"))
+    seeds = sorted((Path(__file__).resolve().parents[3] / "shared" / "seeds").glob("003_*.txt"))
     if seeds:
         lines = [
             line.strip() for line in seeds[0].read_text(encoding="utf-8").splitlines()

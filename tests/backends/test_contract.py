@@ -42,7 +42,7 @@ from improto.backends.redis.client import PythonReader, RedisReplyError, make_re
 from improto.backends.redis.wire import WireError, decode_envelope, encode_envelope
 from tests.redis_fixture import RedisServer, free_port
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def envelope(data: bytes = b"hello", **kw: Any) -> Envelope:
