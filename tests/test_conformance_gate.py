@@ -185,3 +185,25 @@ def test_evaluate_is_pure_and_counts_groups() -> None:
         gate.parse_index({AGENT: {"12.1.1": entry(duration=7), "1.1.1": entry("FAILED")}})[AGENT]
     )
     assert rows == [(1, 1, 1, 5), (12, 1, 0, 7)]
+
+
+run = _load("run")
+
+
+def test_exclude_on_leaves_cases_out_on_one_backend_only() -> None:
+    args = run.parse_args(
+        ["--backend", "memory", "--backend", "redis", "--exclude-on", "redis=12.*",
+         "--exclude-on", "redis=13.*"]
+    )
+    runner = run.Runner(args)
+    cases = gate.select_cases(gate.read_case_list(gate.CASES_FILE.read_text()), ["*"])
+    on_memory, on_redis = runner.cases_for("memory", cases), runner.cases_for("redis", cases)
+    assert on_memory == cases
+    assert not [c for c in on_redis if c.startswith(("12.", "13."))]
+    assert set(on_redis) == {c for c in cases if not c.startswith(("12.", "13."))}
+
+
+def test_exclude_on_needs_a_known_backend(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        run.parse_args(["--exclude-on", "postgres=12.*"])
+    assert "--exclude-on wants BACKEND=PATTERN" in capsys.readouterr().err
