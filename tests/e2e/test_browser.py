@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -312,28 +313,42 @@ def open_seed(new_page: Callable[..., Page], site: str, name: str, nick: str) ->
 
 
 #: SHA-256 of each seed page's one line in shared/seeds/003_*.txt, so the
-#: check below runs even where shared/ is not beside the checkout.
+#: fixtures are checked even where shared/ is not beside the checkout.
 SEED_LINE_SHA256 = {
     "many_people.html": "9b45110286fdfb420f915c4fd3170425099090bebd245d351b145cbe214a624b",
     "single_chat.html": "b560d7556f3ae90cbed8574b8c89a6f6c492c84c81f133b6de9276e4b6d9ef31",
 }
 
 
-def test_seed_pages_match_the_seed() -> None:
+def shared_seeds() -> Path:
+    """The seeds: ``$IMPROTO_SHARED/seeds``, else ``shared/seeds`` beside the checkout (as in CI)."""
+    shared = os.environ.get("IMPROTO_SHARED") or Path(__file__).resolve().parents[3] / "shared"
+    return Path(shared) / "seeds"
+
+
+def test_seed_pages_match_the_recorded_digests() -> None:
     """The fixtures are the seed's one-line pages, with only white space added."""
-    seeds = sorted((Path(__file__).resolve().parents[3] / "shared" / "seeds").glob("003_*.txt"))
-    if seeds:
-        lines = [
-            line.strip() for line in seeds[0].read_text(encoding="utf-8").splitlines()
-            if line.startswith("<!DOCTYPE html>")
-        ]
-        assert [hashlib.sha256(line.encode()).hexdigest() for line in lines] == list(
-            SEED_LINE_SHA256.values()
-        )
     for name, digest in SEED_LINE_SHA256.items():
         fixture = (SEED_PAGES / name).read_text(encoding="utf-8")
         collapsed = " ".join(fixture.split())
         assert hashlib.sha256(collapsed.encode()).hexdigest() == digest, name
+
+
+def test_recorded_digests_are_the_seeds_own() -> None:
+    """The digests above are those of the pages in seed 003 itself."""
+    seeds = sorted(shared_seeds().glob("003_*.txt"))
+    if not seeds:
+        pytest.skip(
+            f"no seed 003 in {shared_seeds()}: shared/ is not beside this checkout "
+            "(CI puts it there); set IMPROTO_SHARED to the shared/ folder to run this"
+        )
+    lines = [
+        line.strip() for line in seeds[0].read_text(encoding="utf-8").splitlines()
+        if line.startswith("<!DOCTYPE html>")
+    ]
+    assert [hashlib.sha256(line.encode()).hexdigest() for line in lines] == list(
+        SEED_LINE_SHA256.values()
+    )
 
 
 def seed_say(page: Page, text: str, to: str | None = None) -> None:
