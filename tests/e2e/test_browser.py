@@ -4,7 +4,8 @@ The chat page and the seed pages in real headless Chromium against a real
 
 Needs Debian's Chromium at /usr/bin/chromium and the ``playwright`` package
 (never ``playwright install``); without Chromium these tests fail.
-Screenshots land in each test's pytest tmp dir.
+Screenshots land in each test's pytest tmp dir. Every test that drives
+Chromium is marked ``slow``.
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ def conv_item(page: Page, kind: str, name: str) -> Any:
     return page.locator(f'[data-testid={kind}-item][data-name="{name}"]')
 
 
+@pytest.mark.slow
 def test_two_users_group_private_presence(
     new_page: Callable[..., Page], improto_server: RunningServer, tmp_path: Path
 ) -> None:
@@ -172,6 +174,7 @@ def test_two_users_group_private_presence(
     print("screenshots:", tmp_path)
 
 
+@pytest.mark.slow
 def test_groups_unread_and_join_errors(
     new_page: Callable[..., Page], improto_server: RunningServer
 ) -> None:
@@ -217,6 +220,7 @@ def test_groups_unread_and_join_errors(
     expect(conv_item(carol, "group", "a/b")).to_have_count(0)
 
 
+@pytest.mark.slow
 def test_refused_nickname_and_remembered_name(
     new_page: Callable[..., Page], improto_server: RunningServer
 ) -> None:
@@ -237,6 +241,7 @@ def test_refused_nickname_and_remembered_name(
     expect(page.get_by_test_id("nickname-input")).to_have_value("dora")
 
 
+@pytest.mark.slow
 def test_reconnects_and_rejoins_after_server_restart(
     new_page: Callable[..., Page], tmp_path: Path
 ) -> None:
@@ -266,6 +271,7 @@ def test_reconnects_and_rejoins_after_server_restart(
         server.stop()
 
 
+@pytest.mark.slow
 def test_small_screen_layout(
     new_page: Callable[..., Page], improto_server: RunningServer, tmp_path: Path
 ) -> None:
@@ -362,6 +368,7 @@ def seed_lines(page: Page, line: str) -> Any:
     return page.locator("#text > div").filter(has_text=re.compile("^" + re.escape(line) + "$"))
 
 
+@pytest.mark.slow
 def test_seed_group_page(new_page: Callable[..., Page], seed_site: str) -> None:
     alice = open_seed(new_page, seed_site, "many_people.html", "alice")
     xiaoer = open_seed(new_page, seed_site, "many_people.html", "小二")
@@ -375,6 +382,7 @@ def test_seed_group_page(new_page: Callable[..., Page], seed_site: str) -> None:
     expect(xiaoer.locator("#text > div")).to_have_count(2)
 
 
+@pytest.mark.slow
 def test_seed_private_page(new_page: Callable[..., Page], seed_site: str) -> None:
     zhang = open_seed(new_page, seed_site, "single_chat.html", "张三")
     li = open_seed(new_page, seed_site, "single_chat.html", "李四")
@@ -391,6 +399,7 @@ def test_seed_private_page(new_page: Callable[..., Page], seed_site: str) -> Non
     expect(li.locator("#text > div")).to_have_count(2)
 
 
+@pytest.mark.slow
 def test_seed_pages_talk_with_the_new_page(
     new_page: Callable[..., Page], improto_server: RunningServer, seed_site: str
 ) -> None:
@@ -427,6 +436,7 @@ async ([url, nick]) => {
 """
 
 
+@pytest.mark.slow
 def test_004_style_plain_text_client(
     new_page: Callable[..., Page], improto_server: RunningServer
 ) -> None:
