@@ -21,7 +21,7 @@ from pathlib import Path
 try:
     import improto
     from improto.testing import free_port as free_port  # run.py and profile_improto.py use it
-    from improto.testing import wait_for_port
+    from improto.testing import stop_process, wait_for_port
 except ImportError:
     sys.exit(
         "improto is not importable by this Python. Install it (not editable) first:\n"
@@ -218,14 +218,8 @@ class Server:
             raise RuntimeError(f"{self.name}: {e}; log:\n{self.tail()}") from None
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, timeout=timeout)
 
     def tail(self, n: int = 20) -> str:
         try:

@@ -16,7 +16,8 @@ router sent it, a :class:`FakeClock` makes rate limits deterministic, and
     assert bob.take() == [...]
 
 For tests that do run a server, :func:`free_port` and :func:`wait_for_port`
-start it on a free loopback port and wait until it listens, and
+start it on a free loopback port and wait until it listens,
+:func:`stop_process` stops it, and
 :func:`captured_events` collects what ``twisted.logger`` emitted.
 
 This module imports neither pytest nor the global reactor.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import socket
 import subprocess
 import time
@@ -51,6 +53,7 @@ __all__ = [
     "free_port",
     "make_router",
     "memory_backend",
+    "stop_process",
     "wait_for_port",
 ]
 
@@ -175,3 +178,17 @@ def wait_for_port(
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"nothing listened on {host}:{port} within {timeout:g} s")
+
+
+def stop_process(
+    process: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout: float = 10.0
+) -> int:
+    """Send ``sig`` to a running ``process``, SIGKILL it after ``timeout`` s; its exit status."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode

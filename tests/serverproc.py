@@ -19,7 +19,7 @@ from urllib.parse import quote
 import attrs
 import pytest
 
-from improto.testing import free_port, wait_for_port
+from improto.testing import free_port, stop_process, wait_for_port
 
 
 def twistd_path() -> str:
@@ -58,14 +58,7 @@ class ServerProcess:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, sig, timeout)
 
 
 def start_server(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from improto.testing import (
     free_port,
     make_router,
     memory_backend,
+    stop_process,
     wait_for_port,
 )
 
@@ -126,3 +128,18 @@ def test_wait_for_port_reports_a_server_that_exited() -> None:
     process.wait(10)
     with pytest.raises(RuntimeError, match="exited with 3"):
         wait_for_port(free_port(), process, timeout=5)
+
+
+def test_stop_process_signals_then_kills_what_does_not_stop() -> None:
+    polite = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    assert stop_process(polite) == -signal.SIGTERM
+    stubborn = subprocess.Popen(
+        [sys.executable, "-c",
+         "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+         " print('ready', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE,
+    )
+    assert stubborn.stdout is not None and stubborn.stdout.readline() == b"ready\n"
+    assert stop_process(stubborn, timeout=0.5) == -signal.SIGKILL
+    assert stop_process(stubborn) == -signal.SIGKILL  # already gone: only its status
+    stubborn.stdout.close()
