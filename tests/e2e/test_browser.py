@@ -342,10 +342,11 @@ def test_seed_pages_match_the_recorded_digests() -> None:
 
 def test_recorded_digests_are_the_seeds_own() -> None:
     """The digests above are those of the pages in seed 003 itself."""
-    seeds = sorted(shared_seeds().glob("003_*.txt"))
+    folder = shared_seeds()
+    seeds = sorted(folder.glob("003_*.txt"))
     if not seeds:
         pytest.skip(
-            f"no seed 003 in {shared_seeds()}: shared/ is not beside this checkout "
+            f"no seed 003 in {folder}: shared/ is not beside this checkout "
             "(CI puts it there); set IMPROTO_SHARED to the shared/ folder to run this"
         )
     lines = [
