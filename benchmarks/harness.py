@@ -12,13 +12,21 @@ import contextlib
 import hashlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+try:
+    import improto
+    from improto.testing import free_port as free_port  # run.py and profile_improto.py use it
+    from improto.testing import stop_process, wait_for_port
+except ImportError:
+    sys.exit(
+        "improto is not importable by this Python. Install it (not editable) first:\n"
+        f"    {sys.executable} -m pip install {Path(__file__).resolve().parent.parent} websockets"
+    )
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -152,12 +160,6 @@ class MachineLoad:
         return "; ".join(parts)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 # -- the seeds' venv ------------------------------------------------------------------
 
 
@@ -209,29 +211,15 @@ class Server:
             cwd=tempfile.gettempdir(), env=env, preexec_fn=pin_to_server_cpu,
         )
         log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"{self.name} exited with {self.proc.returncode}; log:\n{self.tail()}"
-                )
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), timeout=0.5
-            ):
-                return
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"{self.name} did not listen on {self.port}; log:\n{self.tail()}")
+        try:
+            wait_for_port(self.port, self.proc, timeout)
+        except RuntimeError as e:
+            self.stop()
+            raise RuntimeError(f"{self.name}: {e}; log:\n{self.tail()}") from None
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, timeout=timeout)
 
     def tail(self, n: int = 20) -> str:
         try:
@@ -267,20 +255,14 @@ def check_improto() -> str:
     Where the improto under test comes from; warns when the installed copy
     differs from this working tree (the benchmark measures what is installed).
     """
-    try:
-        import improto
-    except ImportError:
-        sys.exit(
-            "improto is not importable by this Python. Install it (not editable) first:\n"
-            f"    {sys.executable} -m pip install {REPO} websockets"
-        )
     installed = Path(improto.__file__).resolve().parent
     if installed == (REPO / "improto").resolve():
         return f"{installed} (the working tree)"
+    source = REPO / "improto"
     stale = [
-        p.name for p in sorted((REPO / "improto").glob("*.py"))
-        if not (installed / p.name).exists()
-        or (installed / p.name).read_bytes() != p.read_bytes()
+        str(name) for name in (p.relative_to(source) for p in sorted(source.rglob("*.py")))
+        if not (installed / name).exists()
+        or (installed / name).read_bytes() != (source / name).read_bytes()
     ]
     note = f"{installed}"
     if stale:

@@ -313,6 +313,19 @@ async def wait_until(predicate: Callable[[], bool], timeout: float, step: float 
     return True
 
 
+async def measured(server_pid: int | None, seconds: float, state: dict[str, Any]) -> dict[str, Any]:
+    """
+    Let a running load reach steady state, then measure CPU use over
+    ``seconds`` with ``state["measuring"]`` set (what the load counts then).
+    """
+    await asyncio.sleep(min(0.5, seconds / 4))
+    meter = CpuMeter(server_pid)
+    state["measuring"] = True
+    await asyncio.sleep(seconds)
+    state["measuring"] = False
+    return meter.stop()
+
+
 def seq_of(payload: bytes) -> int:
     """The sequence number a scenario put between '#' marks in a message."""
     start = payload.find(b"#")
@@ -512,12 +525,7 @@ async def private(
         for i in range(active):
             for _ in range(in_flight):
                 send(conns[2 * i])
-        await asyncio.sleep(min(0.5, seconds / 4))  # reach steady state
-        meter = CpuMeter(server_pid)
-        state["measuring"] = True
-        await asyncio.sleep(seconds)
-        state["measuring"] = False
-        cpu = meter.stop()
+        cpu = await measured(server_pid, seconds, state)
         state["running"] = False
         await wait_until(lambda: all(not d for d in sent_at.values()), 5.0)
         return cpu
@@ -594,12 +602,7 @@ async def churn(
         state["stop"] = False
         state["done"] = 0
         tasks = [asyncio.ensure_future(worker(w)) for w in range(workers)]
-        await asyncio.sleep(min(0.5, seconds / 4))
-        meter = CpuMeter(server_pid)
-        state["measuring"] = True
-        await asyncio.sleep(seconds)
-        state["measuring"] = False
-        cpu = meter.stop()
+        cpu = await measured(server_pid, seconds, state)
         state["stop"] = True
         await asyncio.wait(tasks, timeout=10.0)
         for t in tasks:

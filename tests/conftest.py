@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from twisted.logger import globalLogPublisher
 
+from improto.testing import captured_events
 from tests.redis_fixture import (  # noqa: F401  (fixtures for every module)
     private_redis,
     redis_prefix,
@@ -21,12 +21,8 @@ from tests.serverproc import server  # noqa: F401  (a fixture for every module)
 @pytest.fixture
 def caplog_events() -> Iterator[list[dict[str, Any]]]:
     """Every twisted.logger event emitted during the test."""
-    events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
-    try:
+    with captured_events() as events:
         yield events
-    finally:
-        globalLogPublisher.removeObserver(events.append)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -8,6 +8,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
 from websockets.sync.client import connect
 
 from tests.serverproc import start_server
@@ -15,6 +16,7 @@ from tests.serverproc import start_server
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_wheel_ships_the_dropin_but_not_a_plugins_package(tmp_path: Path) -> None:
     source = tmp_path / "src"
     shutil.copytree(

@@ -19,17 +19,7 @@ from websockets.sync.client import connect
 
 from tests import wsframes
 from tests.serverproc import ServerProcess, start_server, twistd_path
-
-TIMEOUT = 5
-
-
-def recv_json(ws, timeout: float = TIMEOUT) -> dict:
-    return json.loads(ws.recv(timeout=timeout))
-
-
-def assert_silent(ws, timeout: float = 0.3) -> None:
-    with pytest.raises(TimeoutError):
-        ws.recv(timeout=timeout)
+from tests.wsclient import TIMEOUT, assert_next_is_marker, raw_client, read_close_code, recv_json
 
 
 def test_seed_group_and_private_chat(server: ServerProcess) -> None:
@@ -40,15 +30,17 @@ def test_seed_group_and_private_chat(server: ServerProcess) -> None:
         for ws in (bob, carol):
             got = recv_json(ws)
             assert (got["username"], got["sender"], got["msg"]) == ("小二", "小二", "大家好")
-        assert_silent(xiaoer)
 
         bob.send(json.dumps({"to_user": "小二", "msg": "悄悄话"}))
-        got = recv_json(xiaoer)
-        assert (got["from_user"], got["msg"]) == ("bob", "悄悄话")
-        assert_silent(carol)
+        # Also the barrier for the group message: no echo of it came first.
+        got = assert_next_is_marker(xiaoer, "悄悄话")
+        assert got["from_user"] == "bob"
 
         carol.send("raw text, as the 004 page sends it")
         assert recv_json(bob)["msg"] == "raw text, as the 004 page sends it"
+        # Neither bob's private message nor her own text came back to carol.
+        bob.send(json.dumps({"to_user": "carol", "msg": "only this"}))
+        assert_next_is_marker(carol, "only this")
 
 
 def test_unknown_recipient_is_answered_and_the_server_lives_on(server: ServerProcess) -> None:
@@ -78,30 +70,6 @@ def test_native_dialect_round_trip(server: ServerProcess) -> None:
         assert recv_json(nat) == {"type": "who", "group": "dev", "users": ["max", "nat"], "id": "w"}
 
 
-def raw_client(server: ServerProcess, path: str) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
-    sock.sendall(wsframes.handshake(path))
-    response = b""
-    while b"\r\n\r\n" not in response:
-        response += sock.recv(4096)
-    assert response.startswith(b"HTTP/1.1 101")
-    return sock
-
-
-def read_close_code(sock: socket.socket) -> int:
-    data = b""
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-        frames = wsframes.parse_frames(data)
-        closes = [p for op, p, _ in frames if op == 8]
-        if closes:
-            return wsframes.close_code(closes[0])
-    raise AssertionError("connection ended without a close frame")
-
-
 @pytest.mark.parametrize(
     "frame, code",
     [
@@ -116,7 +84,7 @@ def test_protocol_violations_get_close_codes_and_others_keep_chatting(
     server: ServerProcess, frame: bytes, code: int
 ) -> None:
     with connect(f"{server.ws}/ws/alice") as alice, connect(f"{server.ws}/ws/bob") as bob:
-        rogue = raw_client(server, "/ws/rogue")
+        rogue = raw_client(server.port, "/ws/rogue")
         rogue.sendall(frame)
         assert read_close_code(rogue) == code
         rogue.close()
@@ -169,7 +137,10 @@ def test_a_flood_is_limited_and_nothing_vanishes() -> None:
             assert 0 < len(acked) < sent
             delivered = [recv_json(reader)["msg"] for _ in acked]
             assert delivered == acked
-            assert_silent(reader)
+            # Nothing refused reached the reader: the next frame is a later one.
+            with connect(f"{flood_server.ws}/ws/marker") as marker:
+                marker.send("after the flood")
+                assert_next_is_marker(reader, "after the flood")
     finally:
         flood_server.stop()
     refusals = [line for line in flood_server.log().splitlines() if "Refused a frame" in line]
