@@ -1,7 +1,8 @@
 """
 Chat and echo connections: ``/ws/<nickname>``, ``/<nickname>`` and ``/echo``.
 
-The handshake names the user (the last path segment) and picks the
+The handshake names the user (the last path segment, or in token mode a
+verified JWT: see :mod:`improto.auth`) and picks the
 dialect (the ``improto.v1`` subprotocol selects native); it completes only
 once the router has subscribed what the connection needs.
 """
