@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import attrs
 
+from improto.auth.identity import OPEN_MODE, Authenticator
+
 
 @attrs.frozen
 class Settings:
@@ -23,3 +25,5 @@ class Settings:
     max_backlog: int = 4 * 1024 * 1024
     #: Seconds to wait for clients to answer the 1001 close at shutdown.
     shutdown_grace: float = 3.0
+    #: Who a chat connection is: open mode (the URL's nickname) or token mode.
+    authenticator: Authenticator = OPEN_MODE

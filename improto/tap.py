@@ -14,6 +14,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 from twisted.web.server import Site
 
+from improto.auth import announce, authenticator_from_options
 from improto.backends.url import check_backend_url
 
 
@@ -51,6 +52,12 @@ class Options(usage.Options):
         ["static", None, None, "A file (served at /) or folder to replace the chat page."],
         ["rate", None, 20.0, "Messages a second per connection (0 = unlimited).", _non_negative_float],
         ["ping-interval", None, 30.0, "Seconds between WebSocket pings (0 = never).", _non_negative_float],
+        ["auth-secret", None, None, "Token mode: verify HS256 JWTs with the secret in this file."],
+        ["auth-public-key", None, None, "Token mode: verify RS256/ES256 JWTs with this PEM public key."],
+        ["auth-jwks", None, None, "Token mode: verify JWTs with the key their kid names in this JWKS file."],
+        ["auth-audience", None, None, "Token mode: the aud every token must name."],
+        ["auth-issuer", None, None, "Token mode: the iss every token must name."],
+        ["auth-leeway", None, 30.0, "Token mode: seconds of clock skew allowed on exp/nbf.", _non_negative_float],
     ]
 
     def postOptions(self) -> None:
@@ -74,6 +81,10 @@ class Options(usage.Options):
         if not origins:
             raise _fail("--allowed-origins needs at least one pattern")
         self["allowed-origins"] = tuple(origins)
+        try:
+            self["authenticator"] = authenticator_from_options(self)
+        except ValueError as e:
+            raise _fail(str(e)) from None
 
 
 def makeService(options: Options) -> IService:
@@ -88,7 +99,9 @@ def makeService(options: Options) -> IService:
     settings = Settings(
         allowed_origins=options["allowed-origins"],
         ping_interval=options["ping-interval"],
+        authenticator=options["authenticator"],
     )
+    announce(options["authenticator"])
     limits = RouterLimits(
         max_message_size=options["max-message-size"],
         rate=options["rate"],

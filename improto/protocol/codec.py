@@ -37,6 +37,7 @@ class ErrorCode(str, enum.Enum):
     UNKNOWN_TYPE = "unknown_type"
     UNKNOWN_USER = "unknown_user"
     NOT_A_MEMBER = "not_a_member"
+    NOT_ALLOWED = "not_allowed"
     BAD_NAME = "bad_name"
     TOO_LARGE = "too_large"
     RATE_LIMITED = "rate_limited"

@@ -156,6 +156,10 @@ class Inbound:
         if command.group in session.groups:
             self._replies.ack(session, command.id)
             return
+        if session.allowed_groups is not None and command.group not in session.allowed_groups:
+            self._replies.refuse(session, ProtocolError(
+                ErrorCode.NOT_ALLOWED, f"You may not join group '{command.group}'.", command.id))
+            return
         if len(session.groups) >= self._limits.max_groups:
             self._replies.refuse(
                 session,

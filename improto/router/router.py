@@ -91,10 +91,15 @@ class Router:
         ticket.channels.clear()
 
     def connect(
-        self, link: SessionLink, user: str, *, native: bool, ticket: Ticket | None = None
+        self, link: SessionLink, user: str, *, native: bool, ticket: Ticket | None = None,
+        allowed_groups: frozenset[str] | None = None,
     ) -> Session:
-        """Register a chat connection; it joins the lobby, as in the seeds."""
+        """
+        Register a chat connection; it joins the lobby, as in the seeds.
+        ``allowed_groups`` (None = any) limits what its ``join`` frames may join.
+        """
         session = self._new_session(link, user, native, ticket)
+        session.allowed_groups = allowed_groups
         self._table.add(session)
         if user_channel(user) not in session.channels:
             self._hold_user(session, user)

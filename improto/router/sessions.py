@@ -53,6 +53,8 @@ class Session:
     #: Receives a group's frames but is nobody: no presence, no sending.
     listener: bool = False
     closed: bool = False
+    #: Groups this session may join (token mode's ``groups`` claim); None = any.
+    allowed_groups: frozenset[str] | None = None
     #: Error codes already logged for this session: log once, not per frame.
     logged: set[str] = attrs.field(factory=set)
 

@@ -1,7 +1,8 @@
 """
 Chat and echo connections: ``/ws/<nickname>``, ``/<nickname>`` and ``/echo``.
 
-The handshake names the user (the last path segment) and picks the
+The handshake names the user (the last path segment, or in token mode a
+verified JWT: see :mod:`improto.auth`) and picks the
 dialect (the ``improto.v1`` subprotocol selects native); it completes only
 once the router has subscribed what the connection needs.
 """
@@ -9,15 +10,15 @@ once the router has subscribed what the connection needs.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import unquote
 
 from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from improto.auth import AuthRefusal
 from improto.protocol import codec
-from improto.protocol.codec import ErrorCode, ProtocolError
+from improto.protocol.codec import ProtocolError
 from improto.router import Router, Session, Ticket
 from improto.settings import Settings
 from improto.web.framing import accept_as_offered, accept_shareable
@@ -31,26 +32,13 @@ CLOSE_POLICY = 1008
 ECHO_MAX_MESSAGE_SIZE = 16 * 1024 * 1024 + 1024
 
 
-def parse_chat_path(path: str) -> str:
-    """
-    The nickname in ``/ws/<nick>`` or ``/<nick>``, percent-decoded: the
-    last path segment, so the route also works mounted under a prefix.
-
-    Raises :class:`ProtocolError` for a path that names nobody acceptable.
-    """
-    raw = path.rsplit("/", 1)[-1]
-    try:
-        nickname = unquote(raw, errors="strict")
-    except UnicodeDecodeError:
-        raise ProtocolError(ErrorCode.BAD_NAME, "The nickname is not valid UTF-8.") from None
-    return codec.check_name(nickname)
-
-
 class ChatServerProtocol(LinkProtocol):
     """One client connection on a chat route or the echo route."""
 
     factory: ChatServerFactory
     _refusal: ProtocolError | None = None
+    _auth_refusal: AuthRefusal | None = None
+    _allowed_groups: frozenset[str] | None = None
     _nickname: str = ""
     _native: bool = False
     _echo: bool = False
@@ -75,12 +63,18 @@ class ChatServerProtocol(LinkProtocol):
             self._native = True
             subprotocol = codec.NATIVE_SUBPROTOCOL
         try:
-            self._nickname = parse_chat_path(request.path)
+            identity = options.authenticator.identify(request)
+        except AuthRefusal as refusal:  # docs/auth.md: 401/403, or 101 then 4401/4403
+            if subprotocol is None:
+                raise refusal.http_denial() from None
+            self._auth_refusal = refusal
+            return subprotocol
         except ProtocolError as e:
             # Complete the handshake (with the subprotocol: browsers fail a
             # handshake that drops it) so the client can read why it is refused.
             self._refusal = e
             return subprotocol
+        self._nickname, self._allowed_groups = identity.user, identity.groups
         # The handshake completes only once this client is reachable.
         return router.prepare(self._nickname).addCallback(self._prepared, subprotocol)
 
@@ -98,13 +92,17 @@ class ChatServerProtocol(LinkProtocol):
         ticket, self._ticket = self._ticket, None
         if self._echo:
             return router.connect_echo(self, ticket)
+        if self._auth_refusal is not None:
+            self.close(self._auth_refusal.close_code, self._auth_refusal.reason)
+            return None
         if self._refusal is not None:
             _log.info("Refused connection from {peer}: {reason}", peer=self.peer,
                       reason=self._refusal.reason)
             self.send_frame(codec.error(self._refusal, self._native), False)
             self.close(CLOSE_POLICY, self._refusal.reason)
             return None
-        return router.connect(self, self._nickname, native=self._native, ticket=ticket)
+        return router.connect(self, self._nickname, native=self._native, ticket=ticket,
+                              allowed_groups=self._allowed_groups)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         session = self._session
