@@ -44,6 +44,7 @@ class ErrorCode(str, enum.Enum):
     BINARY_NOT_SUPPORTED = "binary_not_supported"
     BACKEND_UNAVAILABLE = "backend_unavailable"
     SHUTTING_DOWN = "shutting_down"
+    BAD_RESUME = "bad_resume"
 
 
 @attrs.frozen
@@ -159,7 +160,7 @@ def _group(obj: dict[str, Any], request_id: str | None) -> str:
         raise attrs.evolve(e, id=request_id) from None
 
 
-def _native(obj: dict[str, Any]) -> Command:
+def _native(obj: dict[str, Any]) -> Any:
     kind = obj["type"]
     request_id = _request_id(obj)
     if kind == "send":
@@ -176,9 +177,15 @@ def _native(obj: dict[str, Any]) -> Command:
         return Leave(_group(obj, request_id), request_id)
     if kind == "who":
         return Who(_group(obj, request_id), request_id)
+    if kind in ("history", "resume"):
+        from improto.protocol import streams  # it imports this module
+
+        if kind == "history":
+            return streams.decode_history(obj, request_id)
+        return streams.decode_resume(obj, request_id)
     raise ProtocolError(
         ErrorCode.UNKNOWN_TYPE,
-        f"Unknown message type {kind!r}; expected send, private, join, leave or who.",
+        f"Unknown message type {kind!r}; expected send, private, join, leave, who, history or resume.",
         request_id,
     )
 

@@ -11,7 +11,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from improto.backends.interface import Audience, BackendUnavailable, Envelope
-from improto.protocol import codec
+from improto.protocol import codec, streams
 from improto.protocol.codec import ErrorCode, ProtocolError
 from improto.router.sessions import Session, SessionLink, SessionTable
 
@@ -29,21 +29,33 @@ def deliver(sessions: Iterable[Session], envelope: Envelope, table: SessionTable
     Hand ``envelope`` to every one of ``sessions`` it is meant for. Links of
     one class get it through that class's ``broadcast``, so a frame is
     encoded (and compressed) once for all of them, not once per member.
+    A stored envelope reaches native sessions with its ``stream`` and
+    ``seq`` (spliced in once) and seed sessions unchanged; a session whose
+    resume of that stream runs gets it afterwards (see :mod:`.resume`).
     """
     native_only = envelope.audience is Audience.NATIVE
     if native_only and not table.native_count:
         return
-    by_class: dict[type, list[SessionLink]] = {}
+    stored = envelope.seq is not None
+    by_class: dict[tuple[type, bool], list[SessionLink]] = {}
     for s in sessions:
         if s.id == envelope.exclude_session or (native_only and not s.native):
             continue
-        by_class.setdefault(type(s.link), []).append(s.link)
-    for link_class, links in by_class.items():
+        if stored and s.replay is not None and s.replay.hold(envelope):
+            continue
+        by_class.setdefault((type(s.link), stored and s.native), []).append(s.link)
+    native_data = None
+    for (link_class, positioned), links in by_class.items():
+        data = envelope.data
+        if positioned:
+            if native_data is None:
+                native_data = streams.positioned(data, envelope.stream or "", envelope.seq or 0)
+            data = native_data
         broadcast = getattr(link_class, "broadcast", None)
         if broadcast is None:
-            send_each(links, envelope.data, envelope.binary)
+            send_each(links, data, envelope.binary)
         else:
-            broadcast(links, envelope.data, envelope.binary)
+            broadcast(links, data, envelope.binary)
 
 
 class Replies:

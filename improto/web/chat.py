@@ -43,6 +43,7 @@ class ChatServerProtocol(LinkProtocol):
     _native: bool = False
     _echo: bool = False
     _ticket: Ticket | None = None
+    _resume: str | None = None
 
     def onConnect(  # type: ignore[override]  # Autobahn also accepts a Deferred
         self, request: ConnectionRequest
@@ -75,6 +76,7 @@ class ChatServerProtocol(LinkProtocol):
             self._refusal = e
             return subprotocol
         self._nickname, self._allowed_groups = identity.user, identity.groups
+        self._resume = ",".join(request.params.get("resume", [])) or None
         # The handshake completes only once this client is reachable.
         return router.prepare(self._nickname).addCallback(self._prepared, subprotocol)
 
@@ -102,7 +104,7 @@ class ChatServerProtocol(LinkProtocol):
             self.close(CLOSE_POLICY, self._refusal.reason)
             return None
         return router.connect(self, self._nickname, native=self._native, ticket=ticket,
-                              allowed_groups=self._allowed_groups)
+                              allowed_groups=self._allowed_groups, resume=self._resume)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         session = self._session
