@@ -109,7 +109,7 @@ class Resumer:
             except Exception:
                 self._replies.failed(Failure(), session, request_id)
             finally:
-                self._flush(session, replay, name, reached.get(name, position))
+                reached[name] = self._flush(session, replay, name, reached.get(name, position))
         if session.replay is replay and not replay.waiting:
             session.replay = None
         if announce:
@@ -150,11 +150,12 @@ class Resumer:
             session, streams.positioned(envelope.data, envelope.stream or "", envelope.seq or 0)
         )
 
-    def _flush(self, session: Session, replay: Replay, name: str, reached: int) -> None:
+    def _flush(self, session: Session, replay: Replay, name: str, reached: int) -> int:
         for envelope in replay.waiting.pop(name, []):
             if (envelope.seq or 0) > reached:
                 self._send(session, envelope)
                 reached = envelope.seq or reached
+        return reached
 
 
 @attrs.define

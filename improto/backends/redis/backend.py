@@ -65,15 +65,19 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from improto.backends.interface import (
+    Appended,
     BackendHealth,
     BackendState,
     BackendUnavailable,
     Envelope,
     EnvelopeCallback,
+    HistoryPage,
     IBackend,
+    Retention,
 )
 from improto.backends.redis.client import RedisReplyError, RespConnection, RespStats
 from improto.backends.redis.presence import PresenceStore
+from improto.backends.redis.streams import StreamStore
 from improto.backends.redis.wire import WireError, decode_envelope, encode_envelope
 
 _log = Logger()
@@ -414,6 +418,8 @@ class RedisBackend:
         self._presence_store = PresenceStore(
             self._prefix, self.node_id, int(options.heartbeat_ttl * 1000)
         )
+        self._streams = StreamStore(self._prefix)
+        self.retention = Retention()
         self._state = BackendState.STARTING
         self._detail = f"not started; Redis at {address.display}"
         self._down_since: float | None = None
@@ -615,6 +621,7 @@ class RedisBackend:
                 ) from None
         store = self._presence_store
         await store.load_scripts(conn)
+        await self._streams.load_scripts(conn)
         await store.heartbeat(conn)
         await self._reregister(conn)
 
@@ -754,6 +761,46 @@ class RedisBackend:
                 channel=channel,
                 cause=cause,
             )
+
+    # -- history (improto.backends.redis.streams) ---------------------------
+
+    def append(
+        self, stream: str, channel: str, envelope: Envelope,
+        idempotency_key: str | None = None, idempotency_ttl: float = 0,
+    ) -> Deferred[Appended]:
+        try:
+            conn = self._command_connection("append")
+        except BackendUnavailable:
+            return fail()
+        self.stats.published += 1
+        d = self._streams.append(
+            conn, self._channel_key(channel), stream, envelope, self.retention,
+            idempotency_key, idempotency_ttl)
+        return d.addErrback(_as_unavailable, "append")
+
+    def history(
+        self, stream: str, after_seq: int, limit: int, before_seq: int | None = None
+    ) -> Deferred[HistoryPage]:
+        try:
+            conn = self._command_connection("read history")
+        except BackendUnavailable:
+            return fail()
+        d = self._streams.history(conn, stream, after_seq, limit, before_seq, self.retention)
+        return d.addErrback(_as_unavailable, "history")
+
+    def mark_seen(self, user: str, cursor: int, ttl: float) -> Deferred[None]:
+        try:
+            conn = self._command_connection("mark seen")
+        except BackendUnavailable:
+            return fail()
+        return self._streams.mark_seen(conn, user, cursor, ttl).addErrback(_as_unavailable, "mark_seen")
+
+    def last_seen(self, user: str) -> Deferred[int | None]:
+        try:
+            conn = self._command_connection("read last seen")
+        except BackendUnavailable:
+            return fail()
+        return self._streams.last_seen(conn, user).addErrback(_as_unavailable, "last_seen")
 
     # -- presence ---------------------------------------------------------
 
