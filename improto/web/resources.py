@@ -220,15 +220,20 @@ class RootResource(Resource):
                 return NoSuchRoute()
             return self._websocket
         if path in (b"", b"index.html") or (path == b"ws" and not request.postpath):
-            return self._page
+            return self._static(b"", request) if isinstance(self._page, File) else self._page
         if path == b"healthz":
             return self._health
         if path == b"ws" or (self._echo_path and request.path == self._echo_path):
             return UpgradeRequired()
         if isinstance(self._page, File):
-            request.setHeader(b"content-security-policy", STATIC_CSP)
-            return self._page.getChild(path, request)
+            return self._static(path, request)
         return notFound()
+
+    def _static(self, path: bytes, request: Request) -> IResource:
+        """A file of the ``--static`` folder (``b""``: its index.html)."""
+        assert isinstance(self._page, File)
+        request.setHeader(b"content-security-policy", STATIC_CSP)
+        return self._page.getChild(path, request)
 
     def _is_fixed_route(self, path: bytes, request: Request) -> bool:
         if request.path == self._echo_path:
