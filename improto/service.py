@@ -1,11 +1,16 @@
 """
 The server as a Twisted service: start the backend, then listen; on stop,
 close every WebSocket with 1001, wait briefly for goodbyes, stop the backend.
+
+A server that cannot start (a taken port, an unreachable backend) exits
+non-zero with one line on stderr instead of running on, listening on
+nothing.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from twisted.application import service
@@ -20,6 +25,13 @@ from improto.router import Router
 from improto.settings import Settings
 
 _log = Logger()
+
+
+def _tell_the_terminal(line: str) -> None:
+    """One line on the process's real stderr (twistd sends sys.stderr to the log)."""
+    stderr = sys.__stderr__ or sys.stderr
+    stderr.write(line + "\n")
+    stderr.flush()
 
 
 class ImprotoService(service.Service):
@@ -45,9 +57,16 @@ class ImprotoService(service.Service):
 
     def startService(self) -> None:
         super().startService()
+        self._failed: str | None = None
         d = self.router.backend.start()
         d.addCallback(lambda _: self.endpoint.listen(self.site))
         d.addCallbacks(self._listening, self._could_not_start)
+        if self._failed is not None and not self.reactor.running:
+            # twistd starts services before it runs the reactor: a listen
+            # that failed at once (a taken port) ends twistd right here.
+            self.started.addErrback(lambda _: None)  # logged already; we exit
+            _tell_the_terminal(self._failed)
+            raise SystemExit(1)
 
     def _listening(self, port: IListeningPort) -> None:
         self.port = port
@@ -62,10 +81,13 @@ class ImprotoService(service.Service):
         self.started.callback(port)
 
     def _could_not_start(self, failure: Failure) -> None:
-        _log.critical("improto could not start: {error}", error=failure.getErrorMessage())
+        error = failure.getErrorMessage()
+        _log.critical("improto could not start: {error}", error=error)
+        self._failed = f"twistd improto: could not start on {self.description}: {error}"
         self.started.errback(failure)
         if self.reactor.running:
-            # twistd would otherwise exit 0 after a failed start.
+            # Late (the backend took a while): stop, and exit 1, not 0.
+            _tell_the_terminal(self._failed)
             self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
             self.reactor.stop()
 

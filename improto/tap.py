@@ -3,19 +3,36 @@
 
 This is the only module that touches the global reactor, and only inside
 :func:`makeService`, after twistd has installed the reactor it was asked for.
+
+Every option is checked in ``postOptions`` and a bad one ends twistd with
+one line on stderr (:func:`_fail`): twistd would print its whole usage
+text for a coercer's error, and a traceback for a bad path.
 """
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Callable
 
 from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
 from twisted.python import usage
-from twisted.web.server import Site
 
 from improto.auth import announce, authenticator_from_options
 from improto.backends.url import check_backend_url
+from improto.router.limits import RouterLimits
+from improto.settings import Settings
+
+_log = Logger()
+_SETTINGS = Settings()
+_LIMITS = RouterLimits()
+
+
+def _fail(message: str) -> SystemExit:
+    """One line on stderr and exit status 1: no usage text, no traceback."""
+    return SystemExit(f"twistd improto: {message}")
 
 
 def _positive_int(value: str) -> int:
@@ -25,16 +42,38 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError("must be a non-negative integer (0 = unlimited)")
+    return number
+
+
 def _non_negative_float(value: str) -> float:
     number = float(value)
-    if number < 0:
+    if number < 0 or number != number:
         raise ValueError("must not be negative")
     return number
 
 
-def _fail(message: str) -> SystemExit:
-    """One line on stderr and exit status 1: no usage text, no traceback."""
-    return SystemExit(f"twistd improto: {message}")
+def _g(number: float) -> str:
+    return f"{number:g}"
+
+
+#: Numeric options: name -> parser (raising ValueError with the reason).
+_NUMBERS: dict[str, Callable[[str], float]] = {
+    "max-message-size": _positive_int,
+    "rate": _non_negative_float,
+    "ping-interval": _non_negative_float,
+    "max-groups": _positive_int,
+    "max-connections-per-ip": _non_negative_int,
+    "max-connections-per-user": _non_negative_int,
+    "max-handshakes-per-ip": _non_negative_int,
+    "handshake-timeout": _non_negative_float,
+    "idle-timeout": _non_negative_float,
+    "max-header-size": _positive_int,
+    "auth-leeway": _non_negative_float,
+}
 
 
 class Options(usage.Options):
@@ -42,25 +81,52 @@ class Options(usage.Options):
     longdesc = (
         "Run an improto instant-messaging server: a chat page at /, WebSocket chat "
         "routes at /ws/<nickname> and /<nickname>, an echo route at /echo and "
-        "health at /healthz."
+        "health at /healthz. Limits of 0 are unlimited."
     )
+    optFlags = [
+        ["no-echo", None, "Turn the echo route off (its path then answers 404)."],
+    ]
     optParameters = [
         ["port", "p", "tcp:8080", "Endpoint to listen on, e.g. tcp:8080 or ssl:8443:privateKey=key.pem."],
         ["backend", "b", "memory://", "Delivery backend: memory:// or redis://HOST:PORT/DB."],
-        ["max-message-size", None, 65536, "Longest chat message in bytes.", _positive_int],
-        ["allowed-origins", None, "*", "Comma-separated Origin patterns allowed to connect."],
-        ["static", None, None, "A file (served at /) or folder to replace the chat page."],
-        ["rate", None, 20.0, "Messages a second per connection (0 = unlimited).", _non_negative_float],
-        ["ping-interval", None, 30.0, "Seconds between WebSocket pings (0 = never).", _non_negative_float],
+        ["max-message-size", None, str(_LIMITS.max_message_size), "Longest chat message in bytes."],
+        ["allowed-origins", None, None,
+         "Comma-separated Origin patterns that may open WebSockets besides the server's own "
+         "origin and clients that send none (the default: only those): e.g. "
+         "http://good.example (a default port may be left out), https://*.example.com, "
+         "null (file:// pages), * (any origin)."],
+        ["static", None, None, "A file (served at /) or folder with an index.html to replace the chat page."],
+        ["rate", None, _g(_LIMITS.rate), "Messages a second per connection (0 = unlimited)."],
+        ["ping-interval", None, _g(_SETTINGS.ping_interval), "Seconds between WebSocket pings (0 = never)."],
+        ["echo-path", None, _SETTINGS.echo_path, "Path of the echo route ('' = off, like --no-echo)."],
+        ["max-groups", None, str(_LIMITS.max_groups), "Groups one connection may be in at once."],
+        ["max-connections-per-ip", None, str(_SETTINGS.max_connections_per_ip),
+         "WebSocket connections per client address; more get HTTP 429 at the handshake."],
+        ["max-connections-per-user", None, str(_SETTINGS.max_connections_per_user),
+         "Chat connections per nickname on this node; more are closed with code 4029."],
+        ["max-handshakes-per-ip", None, str(_SETTINGS.max_handshakes_per_ip),
+         "HTTP connections per client address that are not WebSockets yet; more get 429."],
+        ["handshake-timeout", None, _g(_SETTINGS.handshake_timeout),
+         "Seconds a request (so a WebSocket handshake) may take to arrive; then 408."],
+        ["idle-timeout", None, _g(_SETTINGS.idle_timeout),
+         "Seconds an HTTP connection may stay silent before it is closed."],
+        ["max-header-size", None, str(_SETTINGS.max_header_size),
+         "Bytes of request line and headers per request; more get 431."],
         ["auth-secret", None, None, "Token mode: verify HS256 JWTs with the secret in this file."],
         ["auth-public-key", None, None, "Token mode: verify RS256/ES256 JWTs with this PEM public key."],
         ["auth-jwks", None, None, "Token mode: verify JWTs with the key their kid names in this JWKS file."],
         ["auth-audience", None, None, "Token mode: the aud every token must name."],
         ["auth-issuer", None, None, "Token mode: the iss every token must name."],
-        ["auth-leeway", None, 30.0, "Token mode: seconds of clock skew allowed on exp/nbf.", _non_negative_float],
+        ["auth-leeway", None, "30", "Token mode: seconds of clock skew allowed on exp/nbf."],
     ]
 
     def postOptions(self) -> None:
+        for name, parse in _NUMBERS.items():
+            try:
+                self[name] = parse(str(self[name]))
+            except ValueError as e:
+                reason = str(e) if "must" in str(e) else "must be a number"
+                raise _fail(f"--{name} {reason} (got {self[name]!r})") from None
         try:
             # Parsing needs no reactor; this catches typos before start-up.
             serverFromString(None, self["port"])
@@ -77,39 +143,81 @@ class Options(usage.Options):
                 check_reachable(self["backend"], timeout=3.0)
             except Exception as e:  # any failure here is the user's to read
                 raise _fail(str(e)) from None
-        origins = [o.strip() for o in self["allowed-origins"].split(",") if o.strip()]
-        if not origins:
-            raise _fail("--allowed-origins needs at least one pattern")
-        self["allowed-origins"] = tuple(origins)
+        self["allowed-origins"] = _origins(self["allowed-origins"])
+        self["echo-path"] = _echo_path(self["echo-path"], self["no-echo"])
+        if self["static"] is not None:
+            _check_static(self["static"])
         try:
             self["authenticator"] = authenticator_from_options(self)
         except ValueError as e:
             raise _fail(str(e)) from None
 
 
+def _origins(value: str | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    origins = tuple(o.strip() for o in value.split(",") if o.strip())
+    if not origins:
+        raise _fail("--allowed-origins needs at least one pattern")
+    return origins
+
+
+def _echo_path(path: str, off: bool) -> str:
+    if off or not path:
+        return ""
+    if not path.startswith("/") or path.count("/") != 1 or len(path) < 2:
+        raise _fail(f"--echo-path must be one path segment like /echo (got {path!r})")
+    return path
+
+
+def _check_static(path: str) -> None:
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "index.html")):
+            raise _fail(f"--static {path!r}: the folder has no index.html")
+    elif not os.path.isfile(path):
+        raise _fail(f"--static {path!r}: no such file or folder")
+    elif not os.access(path, os.R_OK):
+        raise _fail(f"--static {path!r}: not readable")
+
+
 def makeService(options: Options) -> IService:
     from twisted.internet import endpoints, reactor
 
     from improto.backends.url import backend_from_url
-    from improto.router import Router, RouterLimits
+    from improto.router import Router
     from improto.service import ImprotoService
-    from improto.settings import Settings
     from improto.web import root_resource
+    from improto.web.origins import OriginPolicy
+    from improto.web.site import GuardedSite
 
     settings = Settings(
         allowed_origins=options["allowed-origins"],
         ping_interval=options["ping-interval"],
+        echo_path=options["echo-path"],
+        max_connections_per_ip=options["max-connections-per-ip"],
+        max_connections_per_user=options["max-connections-per-user"],
+        max_handshakes_per_ip=options["max-handshakes-per-ip"],
+        handshake_timeout=options["handshake-timeout"],
+        idle_timeout=options["idle-timeout"],
+        max_header_size=options["max-header-size"],
         authenticator=options["authenticator"],
     )
     announce(options["authenticator"])
+    never = OriginPolicy(settings.allowed_origins).never_matching
+    if never:
+        _log.warn(
+            "--allowed-origins: {patterns} can never match a browser's Origin "
+            "(scheme://host[:port], no path or trailing slash)",
+            patterns=", ".join(never),
+        )
     limits = RouterLimits(
         max_message_size=options["max-message-size"],
         rate=options["rate"],
         burst=options["rate"] * 2,
+        max_groups=options["max-groups"],
     )
     backend = backend_from_url(options["backend"], reactor)
     router = Router(backend, limits=limits, clock=time.monotonic)
-    site = Site(root_resource(router, settings, reactor, options["static"]))
-    site.noisy = False
+    site = GuardedSite(root_resource(router, settings, reactor, options["static"]), settings, reactor)
     endpoint = endpoints.serverFromString(reactor, options["port"])
     return ImprotoService(router, endpoint, site, settings, reactor, options["port"])

@@ -46,8 +46,13 @@ RunningServer = ServerProcess
 
 @pytest.fixture(scope="module")
 def improto_server() -> Iterator[ServerProcess]:
-    """One ``twistd improto`` per test module; fails the module if it dies."""
-    server = start_server()
+    """
+    One ``twistd improto`` per test module; fails the module if it dies.
+    It allows the pages of :func:`serve_pages` (another loopback origin,
+    ``http://127.0.0.1:<their port>``), as a real deployment would list the
+    sites whose pages may connect.
+    """
+    server = start_server("--allowed-origins", f"http://{HOST}:*")
     try:
         yield server
     finally:

@@ -1,10 +1,13 @@
 """
 Chat and echo connections: ``/ws/<nickname>``, ``/<nickname>`` and ``/echo``.
 
-The handshake names the user (the last path segment, or in token mode a
-verified JWT: see :mod:`improto.auth`) and picks the
-dialect (the ``improto.v1`` subprotocol selects native); it completes only
-once the router has subscribed what the connection needs.
+The handshake is first admitted (the page's origin, connections per peer
+address: refused with HTTP 403 / 429), then names the user (the last path
+segment, or in token mode a verified JWT, see :mod:`improto.auth`; a bad
+name is closed with 1008, a refused token with HTTP 401/403 or 4401/4403, a
+nickname over its connection limit with 4029) and picks the dialect (the ``improto.v1`` subprotocol
+selects native); it completes only once the router has subscribed what
+the connection needs.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory
-from autobahn.websocket.types import ConnectionRequest
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
@@ -22,14 +25,30 @@ from improto.protocol.codec import ProtocolError
 from improto.router import Router, Session, Ticket
 from improto.settings import Settings
 from improto.web.framing import accept_as_offered, accept_shareable
+from improto.web.limits import ConnectionCounter, OncePerKey, http_response, peer_host
 from improto.web.link import LinkProtocol
+from improto.web.origins import OriginPolicy
 
 _log = Logger()
 
 #: Close code for a refused nickname (RFC 6455 "policy violation").
 CLOSE_POLICY = 1008
+#: Close code for a nickname that has too many connections on this node
+#: (an application code: 4000 + HTTP's 429 Too Many Requests).
+CLOSE_TOO_MANY = 4029
 #: The echo route must take the conformance suite's 16 MiB messages.
 ECHO_MAX_MESSAGE_SIZE = 16 * 1024 * 1024 + 1024
+
+
+class Refused(ConnectionDeny):
+    """
+    A handshake this server refuses with an HTTP status: the client reads
+    ``status`` and a one-line text body. Raised from ``onConnect``.
+    """
+
+    def __init__(self, status: int, phrase: str, body: str, headers: tuple[tuple[str, str], ...] = ()):
+        super().__init__(status, body)
+        self.response = http_response(status, phrase, body, headers)
 
 
 class ChatServerProtocol(LinkProtocol):
@@ -37,7 +56,9 @@ class ChatServerProtocol(LinkProtocol):
 
     factory: ChatServerFactory
     _refusal: ProtocolError | None = None
-    _auth_refusal: AuthRefusal | None = None
+    #: (close code, reason) to close with right after the handshake.
+    _close_at_open: tuple[int, str] | None = None
+    _refused: Refused | None = None
     _allowed_groups: frozenset[str] | None = None
     _nickname: str = ""
     _native: bool = False
@@ -48,37 +69,75 @@ class ChatServerProtocol(LinkProtocol):
     def onConnect(  # type: ignore[override]  # Autobahn also accepts a Deferred
         self, request: ConnectionRequest
     ) -> Deferred[str | None] | str | None:
-        options = self.factory.options
-        router = self.factory.router
-        if request.path == options.echo_path:
-            self._echo = True
-            self.maxMessagePayloadSize = max(router.limits.max_message_size, ECHO_MAX_MESSAGE_SIZE)
-            self.perMessageCompressionAccept = accept_as_offered(self.maxMessagePayloadSize)
-            return router.prepare(None).addCallback(self._prepared, None)
-        # Room for a frame a little over the limit, so the client gets a
-        # readable too_large error instead of a dropped connection.
-        self.maxMessagePayloadSize = router.limits.max_message_size * 4
-        self.perMessageCompressionAccept = accept_shareable(self.maxMessagePayloadSize)
-        subprotocol = None
-        if codec.NATIVE_SUBPROTOCOL in request.protocols:
-            self._native = True
-            subprotocol = codec.NATIVE_SUBPROTOCOL
-        try:
-            identity = options.authenticator.identify(request)
-        except AuthRefusal as refusal:  # docs/auth.md: 401/403, or 101 then 4401/4403
-            if subprotocol is None:
-                raise refusal.http_denial() from None
-            self._auth_refusal = refusal
-            return subprotocol
-        except ProtocolError as e:
+        self._admit(request)
+        if request.path == self.factory.options.echo_path:
+            return self._open_echo()
+        subprotocol = self._choose_dialect(request)
+        if not self._name_user(request) or not self._count_user():
             # Complete the handshake (with the subprotocol: browsers fail a
             # handshake that drops it) so the client can read why it is refused.
-            self._refusal = e
             return subprotocol
-        self._nickname, self._allowed_groups = identity.user, identity.groups
         self._resume = ",".join(request.params.get("resume", [])) or None
         # The handshake completes only once this client is reachable.
-        return router.prepare(self._nickname).addCallback(self._prepared, subprotocol)
+        return self.factory.router.prepare(self._nickname).addCallback(
+            self._prepared, subprotocol
+        )
+
+    # -- the steps of onConnect -------------------------------------------------
+
+    def _admit(self, request: ConnectionRequest) -> None:
+        """Origin (403) and connections per address (429), before any work."""
+        try:
+            self.factory.admit(self, request)
+        except Refused as e:
+            self._refused = e
+            raise
+
+    def _open_echo(self) -> Deferred[str | None]:
+        self._echo = True
+        router = self.factory.router
+        self.maxMessagePayloadSize = max(router.limits.max_message_size, ECHO_MAX_MESSAGE_SIZE)
+        self.perMessageCompressionAccept = accept_as_offered(self.maxMessagePayloadSize)
+        return router.prepare(None).addCallback(self._prepared, None)
+
+    def _choose_dialect(self, request: ConnectionRequest) -> str | None:
+        """The frame limits of a chat route, and the subprotocol to answer."""
+        # Room for a frame a little over the limit, so the client gets a
+        # readable too_large error instead of a dropped connection.
+        self.maxMessagePayloadSize = self.factory.router.limits.max_message_size * 4
+        self.perMessageCompressionAccept = accept_shareable(self.maxMessagePayloadSize)
+        if codec.NATIVE_SUBPROTOCOL in request.protocols:
+            self._native = True
+            return codec.NATIVE_SUBPROTOCOL
+        return None
+
+    def _name_user(self, request: ConnectionRequest) -> bool:
+        """
+        Who this is: the nickname in the path (open mode) or a verified token's
+        ``sub``. False when refused: a bad nickname is closed with 1008; a
+        refused token is HTTP 401/403, or 4401/4403 for a native client, which
+        (in a browser) cannot read a handshake's status (docs/auth.md).
+        """
+        try:
+            identity = self.factory.options.authenticator.identify(request)
+        except AuthRefusal as refusal:
+            if not self._native:
+                raise refusal.http_denial() from None
+            self._close_at_open = (refusal.close_code, refusal.reason)
+            return False
+        except ProtocolError as e:
+            self._refusal = e
+            return False
+        self._nickname, self._allowed_groups = identity.user, identity.groups
+        return True
+
+    def _count_user(self) -> bool:
+        """Connections per nickname on this node; False (closed with 4029) if full."""
+        reason = self.factory.count_user(self, self._nickname)
+        if reason is not None:
+            self._close_at_open = (CLOSE_TOO_MANY, reason)
+            return False
+        return True
 
     def _prepared(self, ticket: Ticket, subprotocol: str | None) -> str | None:
         self._ticket = ticket
@@ -94,17 +153,30 @@ class ChatServerProtocol(LinkProtocol):
         ticket, self._ticket = self._ticket, None
         if self._echo:
             return router.connect_echo(self, ticket)
-        if self._auth_refusal is not None:
-            self.close(self._auth_refusal.close_code, self._auth_refusal.reason)
-            return None
         if self._refusal is not None:
             _log.info("Refused connection from {peer}: {reason}", peer=self.peer,
                       reason=self._refusal.reason)
             self.send_frame(codec.error(self._refusal, self._native), False)
             self.close(CLOSE_POLICY, self._refusal.reason)
             return None
+        if self._close_at_open is not None:
+            self.close(*self._close_at_open)
+            return None
         return router.connect(self, self._nickname, native=self._native, ticket=ticket,
                               allowed_groups=self._allowed_groups, resume=self._resume)
+
+    def failHandshake(
+        self, reason: str, code: int = 400, responseHeaders: Any = None
+    ) -> None:
+        refused, self._refused = self._refused, None
+        if refused is None:
+            super().failHandshake(reason, code, responseHeaders)
+            return
+        # Autobahn's own would log every attempt and send no body; the
+        # factory has logged this refusal once.
+        self.wasNotCleanReason = reason
+        self.sendData(refused.response)
+        self.dropConnection(abort=False)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         session = self._session
@@ -117,27 +189,85 @@ class ChatServerProtocol(LinkProtocol):
             self.factory.router.receive_text(session, payload.decode("utf-8"), len(payload))
 
 
-#: ``on_text(text, reply)`` of a feed: ``reply`` answers the sender alone.
-
-
 class ChatServerFactory(WebSocketServerFactory):
+    """
+    Builds chat (and echo) connections, and holds what they share: the
+    origin policy and the per-address and per-user connection counts.
+    """
+
     protocol: type[LinkProtocol] = ChatServerProtocol
 
     def __init__(self, router: Router, options: Settings, reactor: Any) -> None:
         super().__init__(reactor=reactor)
         self.router = router
         self.options = options
+        self.origins = OriginPolicy(options.allowed_origins)
+        self.per_address = ConnectionCounter(options.max_connections_per_ip)
+        self.per_user = ConnectionCounter(options.max_connections_per_user)
+        self._logged = OncePerKey()
         self.setProtocolOptions(
-            allowedOrigins=list(options.allowed_origins),
+            # improto.web.origins checks origins (in admit), not Autobahn.
+            # (Every call resets allowNullOrigin: set everything in one.)
+            allowedOrigins=["*"],
+            allowNullOrigin=True,
             maxMessagePayloadSize=router.limits.max_message_size * 4,
             maxFramePayloadSize=0,
             # Send a close frame with the reason code (1002, 1007, 1009) on
             # protocol violations instead of just dropping the TCP connection.
             failByDrop=False,
-            openHandshakeTimeout=10,
+            openHandshakeTimeout=options.handshake_timeout,
             closeHandshakeTimeout=3,
             autoPingInterval=options.ping_interval,
             autoPingTimeout=options.ping_interval * 2 if options.ping_interval else 0,
+            perMessageCompressionAccept=accept_shareable(router.limits.max_message_size * 4),
         )
-        self.setProtocolOptions(perMessageCompressionAccept=accept_shareable(
-            router.limits.max_message_size * 4))
+
+    def admit(self, link: LinkProtocol, request: ConnectionRequest) -> None:
+        """
+        Let a handshake proceed, or raise :class:`Refused`: 403 for an
+        origin the policy refuses, 429 past ``max_connections_per_ip``.
+        An admitted connection is counted until it closes, however it closes.
+        """
+        origin = request.headers.get("origin")
+        if not self.origins.allows(origin, request.headers.get("host")):
+            if self._logged.first(("origin", origin)):
+                _log.info(
+                    "Refused WebSockets from origin {origin!r}: neither this server's own "
+                    "origin nor allowed by --allowed-origins (logged once per origin)",
+                    origin=origin,
+                )
+            raise Refused(403, "Forbidden", f"The origin {str(origin)[:100]} may not "
+                          "open WebSockets here (see --allowed-origins).")
+        address = peer_host(link.transport)
+        if not self.per_address.acquire(address):
+            if self._logged.first(("address", address)):
+                _log.warn(
+                    "Refused WebSockets from {address}: it has {limit} open "
+                    "(--max-connections-per-ip; logged once per address)",
+                    address=address, limit=self.per_address.limit,
+                )
+            raise Refused(
+                429, "Too Many Requests",
+                f"Too many WebSocket connections from {address} (at most "
+                f"{self.per_address.limit}).",
+                (("Retry-After", "10"),),
+            )
+        link.is_closed.addBoth(_release, self.per_address, address)
+
+    def count_user(self, link: LinkProtocol, nickname: str) -> str | None:
+        """Count a chat connection of ``nickname``; the refusal's reason if full."""
+        if not self.per_user.acquire(nickname):
+            if self._logged.first(("user", nickname)):
+                _log.info(
+                    "Refused a connection of {user!r}: it has {limit} open on this node "
+                    "(--max-connections-per-user; logged once per user)",
+                    user=nickname, limit=self.per_user.limit,
+                )
+            return f"Too many connections for this user (at most {self.per_user.limit})."
+        link.is_closed.addBoth(_release, self.per_user, nickname)
+        return None
+
+
+def _release(result: Any, counter: ConnectionCounter, key: str) -> Any:
+    counter.release(key)
+    return result

@@ -31,6 +31,7 @@ class FeedServerProtocol(LinkProtocol):
     factory: FeedServerFactory
 
     def onConnect(self, request: ConnectionRequest) -> None:
+        self.factory.admit(self, request)  # origin and connections per address
         self.maxMessagePayloadSize = self.factory.router.limits.max_message_size
         self.perMessageCompressionAccept = accept_shareable(self.maxMessagePayloadSize)
 

@@ -7,7 +7,10 @@ The HTTP side: the chat page, ``/healthz`` and the WebSocket routes.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import re
 from importlib import resources
 from typing import Any
 
@@ -16,7 +19,7 @@ from twisted.python.filepath import FilePath
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
-from twisted.web.static import Data, File
+from twisted.web.static import File
 
 from improto.router import Router
 from improto.settings import Settings
@@ -57,17 +60,107 @@ def feed_resource(
     return WebSocketResource(FeedServerFactory(router, group, on_text, settings, reactor))
 
 
-def default_page() -> Resource:
+#: The policy of a --static page: it may load what it likes, but not be
+#: framed (X-Frame-Options does the same for older browsers).
+STATIC_CSP = b"frame-ancestors 'none'"
+_INLINE = r"<{tag}(\s[^>]*)?>(.*?)</{tag}\s*>"
+
+
+def _hashes(html: str, tag: str) -> list[str]:
+    """CSP source expressions for the inline ``<script>``/``<style>`` elements."""
+    found = []
+    for match in re.finditer(_INLINE.format(tag=tag), html, re.S | re.I):
+        attributes = (match.group(1) or "").lower()
+        if tag == "script" and "src=" in attributes:
+            continue
+        digest = hashlib.sha256(match.group(2).encode("utf-8")).digest()
+        found.append(f"'sha256-{base64.b64encode(digest).decode('ascii')}'")
+    return found
+
+
+def page_csp(page: bytes) -> bytes:
+    """
+    A strict Content-Security-Policy for the chat page, computed from the
+    very bytes served: only its own inline script and style run (by hash,
+    so an injected one does not), it connects only to this server (CSP's
+    ``'self'`` covers ws:/wss: to the same host and port), loads nothing
+    else and may not be framed. Style attributes stay allowed: the page
+    colours avatars with them, and they cannot run code.
+    """
+    html = page.decode("utf-8")
+    scripts = " ".join(_hashes(html, "script")) or "'none'"
+    styles = " ".join(_hashes(html, "style")) or "'none'"
+    return "; ".join([
+        "default-src 'none'",
+        f"script-src {scripts}",
+        f"style-src {styles}",
+        "style-src-attr 'unsafe-inline'",
+        "connect-src 'self'",
+        "img-src 'self' data:",
+        "base-uri 'none'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+    ]).encode("ascii")
+
+
+class PageResource(Resource):
+    """One HTML page, sent with its Content-Security-Policy."""
+
+    isLeaf = True
+
+    def __init__(self, content: bytes, csp: bytes) -> None:
+        super().__init__()
+        self.content = content
+        self.csp = csp
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"content-security-policy", self.csp)
+        return self.content
+
+
+class StaticFolder(File):
+    """``--static`` folder: its files, and no directory listings."""
+
+    def directoryListing(self) -> IResource:
+        return notFound()
+
+
+def default_page() -> PageResource:
     page = resources.files("improto.web").joinpath("static/index.html").read_bytes()
-    return Data(page, "text/html; charset=utf-8")
+    return PageResource(page, page_csp(page))
 
 
 def page_from_path(path: str) -> Resource:
     """``--static``: a file is served at ``/``; a folder must hold index.html."""
     target = FilePath(path)
     if target.isdir():
-        return File(target.path)
-    return Data(target.getContent(), "text/html; charset=utf-8")
+        return StaticFolder(target.path)
+    return PageResource(target.getContent(), STATIC_CSP)
+
+
+class UpgradeRequired(Resource):
+    """A plain HTTP request on a WebSocket route."""
+
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        request.setResponseCode(426)
+        request.setHeader(b"upgrade", b"websocket")
+        request.setHeader(b"connection", b"Upgrade")
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"This is a WebSocket route: connect with a WebSocket client.\n"
+
+
+class NoSuchRoute(Resource):
+    """A WebSocket upgrade on a route that is not a WebSocket route."""
+
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        request.setResponseCode(404)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"No WebSocket here: this path is one of the server's fixed routes.\n"
 
 
 class HealthResource(Resource):
@@ -96,29 +189,56 @@ def _is_websocket_upgrade(request: Request) -> bool:
     return upgrade is not None and upgrade.lower() == b"websocket"
 
 
+#: Fixed routes at the root: an upgrade there is refused (404) instead of
+#: becoming a user of that name on the ``/<nickname>`` route.
+RESERVED_NAMES = frozenset(
+    (b"", b"index.html", b"ws", b"healthz", b"metrics", b"echo", b"favicon.ico", b"robots.txt")
+)
+
+
 class RootResource(Resource):
     """
     ``/`` and ``/ws`` serve the page (the seeds served it at one or the
-    other); any WebSocket upgrade, whatever its path, goes to the chat
-    routes, since the seeds put nicknames right below the root.
+    other); a WebSocket upgrade on any other path goes to the chat
+    routes, since the seeds put nicknames right below the root, except on
+    the fixed routes (:data:`RESERVED_NAMES`). A plain request on a
+    WebSocket route is answered 426.
     """
 
-    def __init__(self, websocket: IResource, page: IResource, health: IResource) -> None:
+    def __init__(
+        self, websocket: IResource, page: IResource, health: IResource, echo_path: str = "/echo"
+    ) -> None:
         super().__init__()
         self._websocket = websocket
         self._page = page
         self._health = health
+        self._echo_path = echo_path.encode("utf-8")
 
     def getChild(self, path: bytes, request: Request) -> IResource:
         if _is_websocket_upgrade(request):
+            if self._is_fixed_route(path, request):
+                return NoSuchRoute()
             return self._websocket
         if path in (b"", b"index.html") or (path == b"ws" and not request.postpath):
-            return self._page
+            return self._static(b"", request) if isinstance(self._page, File) else self._page
         if path == b"healthz":
             return self._health
+        if path == b"ws" or (self._echo_path and request.path == self._echo_path):
+            return UpgradeRequired()
         if isinstance(self._page, File):
-            return self._page.getChild(path, request)
+            return self._static(path, request)
         return notFound()
+
+    def _static(self, path: bytes, request: Request) -> IResource:
+        """A file of the ``--static`` folder (``b""``: its index.html)."""
+        assert isinstance(self._page, File)
+        request.setHeader(b"content-security-policy", STATIC_CSP)
+        return self._page.getChild(path, request)
+
+    def _is_fixed_route(self, path: bytes, request: Request) -> bool:
+        if request.path == self._echo_path:
+            return False
+        return not request.postpath and path in RESERVED_NAMES
 
 
 def root_resource(
@@ -126,5 +246,6 @@ def root_resource(
 ) -> RootResource:
     page = page_from_path(static) if static else default_page()
     return RootResource(
-        websocket_resource(router, settings, reactor), page, HealthResource(router)
+        websocket_resource(router, settings, reactor), page, HealthResource(router),
+        settings.echo_path,
     )

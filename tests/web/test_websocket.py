@@ -172,3 +172,57 @@ def test_a_refused_native_client_still_gets_its_subprotocol_and_the_reason(facto
         "type": "error", "code": "bad_name", "reason": "The nickname 'improto' is reserved."
     }
     assert wsframes.close_code(frames[1][1]) == 1008
+
+
+# -- admission: origins, connections per address and per user -------------------------
+
+
+def _limited_factory(**settings) -> ChatServerFactory:
+    backend = MemoryBackend()
+    backend.start()
+    router = Router(backend, limits=RouterLimits(max_message_size=1000))
+    return ChatServerFactory(router, Settings(**settings), MemoryReactorClock())
+
+
+def _lose(client: Client) -> None:
+    client.protocol.connectionLost(Failure(ConnectionDone()))
+
+
+def test_a_cross_site_origin_gets_403_and_no_session(factory):
+    client = Client(factory, "/ws/alice", "Origin: http://evil.example\r\n")
+    assert client.response.startswith(b"HTTP/1.1 403 Forbidden")
+    assert b"http://evil.example" in client.pending
+    assert not factory.router.sessions
+    _lose(client)
+    assert len(factory.per_address) == 0
+
+
+def test_every_close_path_gives_the_address_slot_back():
+    factory = _limited_factory(max_connections_per_ip=2)
+    good = Client(factory, "/ws/alice")
+    bad_name = Client(factory, "/ws/%00")
+    refused = Client(factory, "/ws/carol")
+    assert refused.response.startswith(b"HTTP/1.1 429 Too Many Requests")
+    for client in (good, bad_name, refused):
+        _lose(client)
+    assert len(factory.per_address) == 0
+    assert Client(factory, "/ws/dave").response.startswith(b"HTTP/1.1 101")
+
+
+def test_a_user_over_its_limit_is_closed_with_4029_and_others_are_not():
+    factory = _limited_factory(max_connections_per_user=1)
+    first = Client(factory, "/ws/alice")
+    second = Client(factory, "/ws/alice", NATIVE)
+    other = Client(factory, "/ws/bob")
+    assert second.response.startswith(b"HTTP/1.1 101")
+    [(opcode, payload, _)] = second.frames()
+    assert opcode == 8 and wsframes.close_code(payload) == 4029
+    assert b"at most 1" in payload
+    assert [s.user for s in factory.router.sessions.values()] == ["alice", "bob"]
+    first.raw(), other.raw()
+    first.send("hi bob")
+    assert [m["msg"] for m in other.messages()] == ["hi bob"]
+    _lose(first)
+    _lose(second)
+    assert factory.per_user.count("alice") == 0
+    assert Client(factory, "/ws/alice", NATIVE).messages()[0]["type"] == "welcome"
