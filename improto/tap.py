@@ -21,13 +21,17 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from improto.auth import announce, authenticator_from_options
+from improto.backends.interface import Retention
 from improto.backends.url import check_backend_url
+from improto.router.durable import Durability
 from improto.router.limits import RouterLimits
 from improto.settings import Settings
 
 _log = Logger()
 _SETTINGS = Settings()
 _LIMITS = RouterLimits()
+_RETENTION = Retention()
+_DURABILITY = Durability()
 
 
 def _fail(message: str) -> SystemExit:
@@ -56,6 +60,13 @@ def _non_negative_float(value: str) -> float:
     return number
 
 
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0 or number == float("inf"):
+        raise ValueError("must be a positive number")
+    return number
+
+
 def _g(number: float) -> str:
     return f"{number:g}"
 
@@ -73,6 +84,11 @@ _NUMBERS: dict[str, Callable[[str], float]] = {
     "idle-timeout": _non_negative_float,
     "max-header-size": _positive_int,
     "auth-leeway": _non_negative_float,
+    "history-size": _non_negative_int,
+    "history-age": _positive_float,
+    "inbox-ttl": _positive_float,
+    "idempotency-window": _non_negative_float,
+    "history-page-max": _positive_int,
 }
 
 
@@ -118,6 +134,11 @@ class Options(usage.Options):
         ["auth-audience", None, None, "Token mode: the aud every token must name."],
         ["auth-issuer", None, None, "Token mode: the iss every token must name."],
         ["auth-leeway", None, "30", "Token mode: seconds of clock skew allowed on exp/nbf."],
+        ["history-size", None, str(_RETENTION.size), "Messages kept per group/user stream (0 = no history)."],
+        ["history-age", None, _g(_RETENTION.age), "Seconds a stored message stays in history."],
+        ["inbox-ttl", None, _g(_DURABILITY.inbox_ttl), "Seconds after a user's last connection that private messages to it are stored."],
+        ["idempotency-window", None, _g(_DURABILITY.idempotency_window), "Seconds a retried send (same id) is acked, not redelivered."],
+        ["history-page-max", None, str(_DURABILITY.history_page_max), "Most messages one history or resume page holds."],
     ]
 
     def postOptions(self) -> None:
@@ -217,7 +238,10 @@ def makeService(options: Options) -> IService:
         max_groups=options["max-groups"],
     )
     backend = backend_from_url(options["backend"], reactor)
-    router = Router(backend, limits=limits, clock=time.monotonic)
+    backend.retention = Retention(options["history-size"], options["history-age"])
+    durability = Durability(
+        options["history-page-max"], options["inbox-ttl"], options["idempotency-window"])
+    router = Router(backend, limits=limits, clock=time.monotonic, durability=durability)
     site = GuardedSite(root_resource(router, settings, reactor, options["static"]), settings, reactor)
     endpoint = endpoints.serverFromString(reactor, options["port"])
     return ImprotoService(router, endpoint, site, settings, reactor, options["port"])
