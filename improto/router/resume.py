@@ -44,16 +44,31 @@ FanOut = Callable[[Envelope], None]
 
 @attrs.define(eq=False)
 class Replay:
-    """Live envelopes waiting, per stream, while a session's replay runs."""
+    """
+    Live envelopes waiting, per stream, while a session's replay runs; and
+    after it, the last seq it sent per stream (its *floor*): a live
+    envelope at or below it (one a hole repair of this node delivers late)
+    was already sent. A floor goes once a live envelope passes above it,
+    since a node delivers each stream in seq order.
+    """
 
     waiting: dict[str, list[Envelope]] = attrs.field(factory=dict)
+    floors: dict[str, int] = attrs.field(factory=dict)
 
     def hold(self, envelope: Envelope) -> bool:
-        buffered = self.waiting.get(envelope.stream or "")
-        if buffered is None:
+        """True when ``envelope`` is not for the session now (held or sent)."""
+        stream = envelope.stream or ""
+        buffered = self.waiting.get(stream)
+        if buffered is not None:
+            buffered.append(envelope)
+            return True
+        floor = self.floors.get(stream)
+        if floor is None:
             return False
-        buffered.append(envelope)
-        return True
+        if (envelope.seq or 0) <= floor:
+            return True
+        del self.floors[stream]
+        return False
 
 
 def member_of(session: Session, stream: str) -> bool:
@@ -110,16 +125,13 @@ class Resumer:
                 self._replies.failed(Failure(), session, request_id)
             finally:
                 reached[name] = self._flush(session, replay, name, reached.get(name, position))
-        if session.replay is replay and not replay.waiting:
-            session.replay = None
+                replay.floors[name] = reached[name]
         if announce:
             self._replies.send(session, streams.resumed(reached, request_id))
 
     def release(self, session: Session, replay: Replay, name: str) -> None:
         """Stop holding ``name`` without replaying (its position never came)."""
         self._flush(session, replay, name, 0)
-        if session.replay is replay and not replay.waiting:
-            session.replay = None
 
     async def _one(self, session: Session, name: str, position: int, request_id: str | None) -> int:
         after, first = position, True

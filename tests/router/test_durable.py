@@ -68,10 +68,10 @@ class HeldHistory(MemoryBackend):
             self.held.append((d, lambda: read(stream, after_seq, limit, before_seq)))
         return d
 
-    def release(self) -> None:
+    def release(self, newest_first: bool = False) -> None:
         self.hold = False
         while self.held:
-            d, page = self.held.pop(0)
+            d, page = self.held.pop(-1 if newest_first else 0)
             page().chainDeferred(d)
 
 
@@ -241,6 +241,27 @@ class TestResume:
         callbacks[node] = callback
         say(router, sa, "c")
         assert messages(n.take()) == [("a", 1), ("b", 2), ("c", 3)]
+
+
+    @pytest.mark.parametrize("newest_first", [False, True])
+    def test_a_resume_during_a_hole_repair_sends_each_message_once(self, newest_first):
+        backend = HeldHistory(read_early=False)
+        router = make(backend=backend)
+        n, _ = connect(router, "nat")
+        _, sa = connect(router, "alice")
+        say(router, sa, "a")
+        callbacks = backend.hub.channels["group:lobby"]
+        [(node, callback)] = callbacks.items()
+        callbacks[node] = lambda env: None if env.seq == 2 else callback(env)
+        say(router, sa, "b")
+        callbacks[node] = callback
+        backend.hold = True
+        say(router, sa, "c")  # the node sees the hole; its repair waits
+        m, _ = connect(router, "max", resume="group:lobby:0")
+        backend.release(newest_first)
+        say(router, sa, "d")
+        assert messages(n.take()) == [("a", 1), ("b", 2), ("c", 3), ("d", 4)]
+        assert messages(m.take()) == [("a", 1), ("b", 2), ("c", 3), ("d", 4)]
 
 
 class TestInbox:
