@@ -202,13 +202,21 @@ class RootResource(Resource):
     other); a WebSocket upgrade on any other path goes to the chat
     routes, since the seeds put nicknames right below the root, except on
     the fixed routes (:data:`RESERVED_NAMES`). A plain request on a
-    WebSocket route is answered 426.
+    WebSocket route is answered 426. With ``nameless_chat`` (token mode,
+    where the token names the user) an upgrade on ``/``, ``/ws`` or
+    ``/ws/`` is a chat connection too.
     """
 
     def __init__(
-        self, websocket: IResource, page: IResource, health: IResource, echo_path: str = "/echo"
+        self,
+        websocket: IResource,
+        page: IResource,
+        health: IResource,
+        echo_path: str = "/echo",
+        nameless_chat: bool = False,
     ) -> None:
         super().__init__()
+        self._nameless_chat = nameless_chat
         self._websocket = websocket
         self._page = page
         self._health = health
@@ -238,6 +246,8 @@ class RootResource(Resource):
     def _is_fixed_route(self, path: bytes, request: Request) -> bool:
         if request.path == self._echo_path:
             return False
+        if self._nameless_chat and path in (b"", b"ws"):
+            return False
         return not request.postpath and path in RESERVED_NAMES
 
 
@@ -247,5 +257,5 @@ def root_resource(
     page = page_from_path(static) if static else default_page()
     return RootResource(
         websocket_resource(router, settings, reactor), page, HealthResource(router),
-        settings.echo_path,
+        settings.echo_path, nameless_chat=settings.authenticator.verified,
     )
