@@ -9,7 +9,7 @@ offline but connected (natively) within ``inbox_ttl`` is stored there and
 acked ``"status": "stored"``; on its next connection without a resume
 position the user gets what its stream received after the cursor written
 when its last native session here closed (the highest seq of that stream
-this node delivered). With ``Retention.size == 0`` none of this runs and
+this node delivered), unless its ``?resume=`` names its private stream. With ``Retention.size == 0`` none of this runs and
 sends take the plain at-most-once path.
 """
 
@@ -73,17 +73,20 @@ class DurableMessages:
                 self._replies.refuse(session, ProtocolError(
                     ErrorCode.BAD_MESSAGE, f"Resuming needs the {codec.NATIVE_SUBPROTOCOL} subprotocol."))
             return
+        positions: dict[str, int] = {}
         if resume is not None:
-            in_background(self._backend.mark_seen(session.user, 0, self.settings.inbox_ttl))
             try:
                 positions = streams.parse_resume_param(resume).streams
             except ProtocolError as e:
                 self._replies.refuse(session, e)
-                return
-            self.resume(session, positions, None)
-            return
         inbox = user_channel(session.user)
-        replay = self.resumer.begin(session, [inbox], None)
+        # The inbox runs unless the resume names the private stream itself.
+        replay = None if inbox in positions else self.resumer.begin(session, [inbox], None)
+        if positions:
+            self.resume(session, positions, None)
+        if replay is None:
+            in_background(self._backend.mark_seen(session.user, 0, self.settings.inbox_ttl))
+            return
 
         def start(cursor: int | None) -> Deferred[None] | None:
             # Seen from now on; read first, so a first connection replays nothing.

@@ -292,6 +292,20 @@ class TestInbox:
         b2, _ = connect(router, "bob")
         assert messages(b2.take()) == [("missed", 2)]
 
+    def test_a_resume_that_does_not_name_the_private_stream_still_gets_the_inbox(self):
+        router = make()
+        b, sb = connect(router, "bob")
+        a, sa = connect(router, "alice")
+        say(router, sa, "g1")
+        assert messages(b.take()) == [("g1", 1)]
+        router.disconnect(sb)
+        say(router, sa, "g2")
+        send(router, sa, {"type": "private", "to": "bob", "msg": "p1", "id": "p"})
+        b2, _ = connect(router, "bob", resume="group:lobby:1")
+        frames = b2.take()
+        assert sorted(messages(frames)) == [("g2", 2), ("p1", 1)]
+        assert frames[-1]["type"] in ("resumed", "private")
+
     def test_inbox_lifetime(self):
         hub = MemoryHub()
         clock = FakeClock()
