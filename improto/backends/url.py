@@ -1,7 +1,14 @@
-"""Choose a backend from a URL: ``memory://`` or ``redis://host:port/db``."""
+"""
+Choose a backend from a URL: ``memory://`` or ``redis://host:port/db``.
+
+The Redis backend is imported only for a ``redis://`` URL, so the core
+runs without the ``improto[redis]`` extra; without it a ``redis://`` URL
+is a one-line ``ValueError`` that says how to install it.
+"""
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -9,6 +16,16 @@ from improto.backends.interface import IBackend
 from improto.backends.memory import MemoryBackend
 
 SCHEMES = ("memory", "redis")
+
+
+def _redis_backend() -> ModuleType:
+    try:
+        import improto.backends.redis.backend as backend
+    except ModuleNotFoundError as e:
+        if e.name != "hiredis":
+            raise
+        raise ValueError(str(e)) from None
+    return backend
 
 
 def check_backend_url(url: str) -> str:
@@ -19,9 +36,7 @@ def check_backend_url(url: str) -> str:
             f"unsupported backend URL {url!r}: expected memory:// or redis://HOST:PORT/DB"
         )
     if scheme == "redis":
-        from improto.backends.redis.backend import parse_redis_url
-
-        parse_redis_url(url)
+        _redis_backend().parse_redis_url(url)
     return scheme
 
 
@@ -29,6 +44,5 @@ def backend_from_url(url: str, reactor: Any, **options: Any) -> IBackend:
     scheme = check_backend_url(url)
     if scheme == "memory":
         return MemoryBackend()
-    from improto.backends.redis.backend import RedisBackend
-
-    return RedisBackend.from_url(url, reactor=reactor, **options)
+    backend: IBackend = _redis_backend().RedisBackend.from_url(url, reactor=reactor, **options)
+    return backend
