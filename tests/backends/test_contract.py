@@ -160,8 +160,44 @@ async def test_health_follows_the_life_cycle(cluster: Cluster) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_publish_after_stop_fails(cluster: Cluster) -> None:
-    await cluster.a.stop()
-    with pytest.raises(BackendUnavailable):
-        await cluster.a.publish("group:lobby", envelope())
-    assert await cluster.b.publish("group:lobby", envelope()) == 0
+async def test_a_stopped_node_refuses_work(cluster: Cluster) -> None:
+    a, b = cluster.a, cluster.b
+    inbox = Inbox()
+    await a.subscribe("group:lobby", inbox)
+    await a.presence_add("online", "alice")
+    await a.stop()
+    for call in (
+        lambda: a.publish("group:lobby", envelope()),
+        lambda: a.subscribe("group:other", Inbox()),
+        lambda: a.presence_add("online", "bob"),
+        lambda: a.presence_remove("online", "alice"),
+        lambda: a.presence_members("online"),
+    ):
+        with pytest.raises(BackendUnavailable):
+            await call()
+    await a.unsubscribe("group:lobby")
+    assert a.health().state is BackendState.STOPPED
+    # Its subscriptions and presence went with it.
+    assert await b.publish("group:lobby", envelope()) == 0
+    assert await b.publish("group:other", envelope()) == 0
+    assert await b.presence_members("online") == []
+    assert inbox.items == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_delivery_needs_no_particular_order_with_the_publish_ack(cluster: Cluster) -> None:
+    """
+    A callback that publishes again (the router does, for echoes) works
+    whether it runs inside ``publish`` or after its Deferred fired.
+    """
+    a, b = cluster.a, cluster.b
+    replies = Inbox()
+    await a.subscribe("user:alice", replies)
+
+    def echo(env: Envelope) -> None:
+        b.publish("user:alice", envelope(b"re: " + env.data, origin_node="node-b"))
+
+    await b.subscribe("user:bob", echo)
+    counts = await gatherResults([a.publish("user:bob", envelope(str(i).encode())) for i in range(5)])
+    assert counts == [1] * 5
+    assert [e.data for e in await replies.wait_for(5)] == [f"re: {i}".encode() for i in range(5)]
