@@ -8,6 +8,7 @@ published-and-acknowledged messages per second with one transport write
 per command ("unbatched") and one per turn ("batched"). Burst 1 is the
 request/response baseline: nothing to batch, one round trip per message.
 
+    pip install '.[redis]'   # hiredis; and redis-server on PATH
     PYTHONPATH=. python benchmarks/bench_redis_batching.py [--messages 10000]
 
 Every cell stops after --messages messages or --seconds seconds,
