@@ -68,7 +68,7 @@ from improto.backends.interface import (
 )
 from improto.backends.redis.client import RespConnection, RespStats, as_unavailable
 from improto.backends.redis.connection import RedisLink
-from improto.backends.redis.options import RedisAddress, RedisOptions, parse_redis_url
+from improto.backends.redis.options import RedisAddress, RedisOptions, configure
 from improto.backends.redis.presence import NodePresence, PresenceStore
 from improto.backends.redis.subscriptions import Subscriptions
 from improto.backends.redis.wire import encode_envelope
@@ -148,14 +148,9 @@ class RedisBackend:
         ``ValueError`` with a one-line message for a malformed URL or
         option; nothing connects before :meth:`start`.
         """
-        address, from_query = parse_redis_url(url)
-        merged = {**from_query, **{k: v for k, v in options.items() if v is not None}}
         if prefix is not None:
-            merged["prefix"] = prefix
-        try:
-            opts = RedisOptions(**merged)
-        except TypeError as e:
-            raise ValueError(f"bad Redis backend option: {e}") from None
+            options["prefix"] = prefix
+        address, opts = configure(url, **options)
         if reactor is None:
             from twisted.internet import reactor  # type: ignore[no-redef]
         return cls(address, opts, reactor)

@@ -123,6 +123,16 @@ def parse_redis_url(url: str) -> tuple[RedisAddress, dict[str, Any]]:
     return address, options
 
 
+def configure(url: str, **options: Any) -> tuple[RedisAddress, RedisOptions]:
+    """The URL's address, and its query options overridden by ``options`` (``None`` ones ignored)."""
+    address, from_query = parse_redis_url(url)
+    merged = {**from_query, **{k: v for k, v in options.items() if v is not None}}
+    try:
+        return address, RedisOptions(**merged)
+    except TypeError as e:
+        raise ValueError(f"bad Redis backend option: {e}") from None
+
+
 def _redact(url: str, password: str | None) -> str:
     if not password:
         return url
