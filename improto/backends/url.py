@@ -8,6 +8,7 @@ is a one-line ``ValueError`` that says how to install it.
 
 from __future__ import annotations
 
+import importlib
 from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,14 +19,14 @@ from improto.backends.memory import MemoryBackend
 SCHEMES = ("memory", "redis")
 
 
-def _redis_backend() -> ModuleType:
+def _redis(module: str) -> ModuleType:
+    """``improto.backends.redis.<module>``, or a one-line ValueError without the extra."""
     try:
-        import improto.backends.redis.backend as backend
+        return importlib.import_module(f"improto.backends.redis.{module}")
     except ModuleNotFoundError as e:
         if e.name != "hiredis":
             raise
         raise ValueError(str(e)) from None
-    return backend
 
 
 def check_backend_url(url: str) -> str:
@@ -36,7 +37,7 @@ def check_backend_url(url: str) -> str:
             f"unsupported backend URL {url!r}: expected memory:// or redis://HOST:PORT/DB"
         )
     if scheme == "redis":
-        _redis_backend().parse_redis_url(url)
+        _redis("options").parse_redis_url(url)
     return scheme
 
 
@@ -44,5 +45,5 @@ def backend_from_url(url: str, reactor: Any, **options: Any) -> IBackend:
     scheme = check_backend_url(url)
     if scheme == "memory":
         return MemoryBackend()
-    backend: IBackend = _redis_backend().RedisBackend.from_url(url, reactor=reactor, **options)
+    backend: IBackend = _redis("backend").RedisBackend.from_url(url, reactor=reactor, **options)
     return backend

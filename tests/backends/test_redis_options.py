@@ -13,6 +13,7 @@ from twisted.internet import reactor
 from improto.backends.interface import BackendState, BackendUnavailable
 from improto.backends.redis import RedisBackend
 from improto.backends.redis.options import check_reachable, parse_redis_url
+from improto.backends.url import backend_from_url, check_backend_url
 from tests.backends.support import envelope
 from tests.redis_fixture import RedisServer, free_port
 
@@ -44,6 +45,15 @@ def test_malformed_url_is_a_one_line_value_error(url: str, complaint: str) -> No
     assert complaint in message
     assert "\n" not in message
     assert "s3cret" not in message
+
+
+def test_backend_urls_choose_the_redis_backend() -> None:
+    assert check_backend_url("redis://127.0.0.1:6379/0?heartbeat_ttl=20") == "redis"
+    with pytest.raises(ValueError, match="port"):
+        check_backend_url("redis://127.0.0.1:x/0")
+    node = backend_from_url("redis://127.0.0.1:6390/2?prefix=chat:", reactor, node_id="n1")
+    assert isinstance(node, RedisBackend)
+    assert (node.address.port, node.address.db, node.options.prefix, node.node_id) == (6390, 2, "chat:", "n1")
 
 
 def test_url_parts_and_options() -> None:
