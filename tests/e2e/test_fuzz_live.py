@@ -16,12 +16,13 @@ import time
 import urllib.request
 from contextlib import ExitStack
 
+import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from improto.protocol import codec, jsontext
 from tests.protocol.fuzzing import NAMES, POISON, TYPES
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerProcess, start_server
 
 FRAMES = int(os.environ.get("FUZZ_FRAMES", "300"))
 SECONDS = float(os.environ.get("FUZZ_SECONDS", "120"))
@@ -229,3 +230,73 @@ def check_bystander_frame(data: str | bytes, meant: set[str]) -> None:
     if frame["type"] == "message":
         msg = frame.get("msg")
         assert not (isinstance(msg, str) and msg in meant), f"a native frame was broadcast: {frame}"
+
+
+#: Frames found by attacking the server by hand, and the code each gets.
+KNOWN_ATTACKS = [
+    ('{"type":"private","to":"bystander","msg":"my password",}', "bad_json"),
+    ('{"type":5,"to":"bystander","msg":"my password"}', "bad_message"),
+    ('{"type":"private","to":"bystander","msg":' + "1" * 5000 + "}", "bad_json"),
+    ('{"type":"send","group":"lobby","msg":NaN}', "bad_json"),
+    ('{"type":"send","group":"lobby","msg":1e400}', "bad_json"),
+    ('{"type":"send","group":"lobby","msg":"\\ud800"}', "bad_message"),
+    ('{"type":"private","to":"\\ud800","msg":"x"}', "bad_message"),
+    ('{"type":"join","group":"g","id":"\\ud800"}', "bad_message"),
+    ('{"type":"send","group":"lobby","msg":' + "[" * 1000 + "]" * 1000 + "}", "bad_message"),
+    ("[" * 60_000 + "]" * 10_000, "too_large"),
+]
+
+
+def test_known_attacks_get_their_error_and_reach_nobody(server: ServerProcess) -> None:
+    with connect(server.ws_url("bystander"), subprotocols=NATIVE) as bystander, \
+            connect(server.ws_url("seedy")) as seedy, connect(server.ws_url("mallory")) as mallory:
+        chat_round(bystander, seedy, "before")
+        for text, code in KNOWN_ATTACKS:
+            mallory.send(text)
+            deadline = time.monotonic() + TIMEOUT
+            error = recv_until(mallory, lambda f: f["type"] == "error", deadline)[-1]
+            assert error["code"] == code, (text[:80], error)
+        # A seed page: plain text and its own frames still go to the lobby.
+        mallory.send("[" * 1000)
+        mallory.send(json.dumps({"username": "mallory", "msg": "hi all"}))
+        for ws in (bystander, seedy):
+            got = recv_until(ws, lambda f: f.get("msg") == "hi all", time.monotonic() + TIMEOUT)
+            assert [f["msg"] for f in got if f["type"] == "message"] == ["[" * 1000, "hi all"]
+        chat_round(bystander, seedy, "after")
+    log = server.log()
+    assert "Traceback" not in log and "Unhandled" not in log, log[-3000:]
+    assert log.count("Refused a frame") == 3  # bad_json, bad_message, too_large: once each
+
+
+def test_nicknames_are_normalised_and_look_alikes_of_improto_refused(server: ServerProcess) -> None:
+    with connect(server.ws_url("cafe\u0301"), subprotocols=NATIVE) as nfd:
+        assert browser_json(nfd.recv(timeout=TIMEOUT))["user"] == "café"
+        with connect(server.ws_url("café")) as nfc:
+            nfc.send(json.dumps({"to_user": "cafe\u0301", "msg": "same user?"}))
+            got = recv_until(nfd, lambda f: f.get("msg") == "same user?", time.monotonic() + TIMEOUT)
+            assert got[-1]["sender"] == "café"
+    for fake in ("іmproto", "ＩＭＰＲＯＴＯ", "impr0to"):
+        with connect(server.ws_url(fake)) as ws:
+            error = browser_json(ws.recv(timeout=TIMEOUT))
+            assert error["code"] == "bad_name" and "improto" in error["reason"].casefold()
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=TIMEOUT)
+        assert closed.value.rcvd.code == 1008
+
+
+def test_echo_is_rate_limited_unless_rate_is_0(server: ServerProcess) -> None:
+    limited = start_server("--rate", "5")
+    try:
+        with connect(f"{limited.ws}/echo") as echo:
+            for i in range(50):
+                echo.send(str(i))
+            answers = [echo.recv(timeout=TIMEOUT) for _ in range(50)]
+        echoed = [a for a in answers if not a.startswith("{")]
+        assert 0 < len(echoed) < 50 and echoed == [str(i) for i in range(len(echoed))]
+        assert {json.loads(a)["code"] for a in answers if a.startswith("{")} == {"rate_limited"}
+    finally:
+        limited.stop()
+    with connect(f"{server.ws}/echo") as echo:  # the fixture runs with --rate 0
+        for i in range(500):
+            echo.send(str(i))
+        assert [echo.recv(timeout=TIMEOUT) for _ in range(500)] == [str(i) for i in range(500)]
