@@ -158,7 +158,7 @@ class Options(usage.Options):
         except ValueError as e:
             raise _fail(str(e)) from None
         if scheme == "redis":
-            from improto.backends.redis.backend import check_reachable
+            from improto.backends.redis.options import check_reachable
 
             try:
                 check_reachable(self["backend"], timeout=3.0)

@@ -123,6 +123,13 @@ class IBackend(Interface):
     Channel names are plain strings chosen by the router (``group:lobby``,
     ``user:alice``, ``echo:<session>``); a backend may prefix them.
     A node holds at most one subscription per channel.
+
+    What the contract leaves open, and callers must not rely on either way:
+    whether a subscriber's callback runs before or after the Deferred of
+    the ``publish`` that sent the envelope fires (the memory backend calls
+    it inside ``publish``, Redis later). What it fixes for every backend:
+    after :meth:`stop`, ``publish``, ``subscribe`` and ``presence_*``
+    fail with :class:`BackendUnavailable`, and ``unsubscribe`` is a no-op.
     """
 
     node_id: str = Attribute("Unique id of this node, stamped on envelopes.")
@@ -131,7 +138,10 @@ class IBackend(Interface):
         """Connect; fires when publishing and subscribing work."""
 
     def stop() -> Deferred[None]:
-        """Drop subscriptions and presence of this node, then disconnect."""
+        """
+        Drop subscriptions and presence of this node, then disconnect.
+        Idempotent; from then on the node refuses work (see above).
+        """
 
     def health() -> BackendHealth:
         """The current state, cheap enough for every ``/healthz`` request."""
@@ -143,6 +153,8 @@ class IBackend(Interface):
         Fires with the number of nodes that received it (0 means nobody
         is subscribed, which is how the router tells that a user is
         offline everywhere) or fails with :class:`BackendUnavailable`.
+        The subscribers' callbacks may run before or after this Deferred
+        fires; envelopes from one node reach each node in publish order.
         """
 
     def subscribe(channel: str, callback: EnvelopeCallback) -> Deferred[None]:

@@ -9,6 +9,7 @@ cross-node behaviour (echo suppression, presence) without Redis.
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
@@ -39,7 +40,11 @@ class MemoryHub:
 
 @implementer(IBackend)
 class MemoryBackend:
-    """Delivers synchronously, inside ``publish``; never loses a frame."""
+    """
+    Delivers synchronously, inside ``publish`` (before its Deferred fires:
+    the contract allows either order); never loses a frame. Like every
+    backend it refuses publish, subscribe and presence calls once stopped.
+    """
 
     def __init__(self, hub: MemoryHub | None = None, node_id: str | None = None) -> None:
         self.hub = hub if hub is not None else MemoryHub()
@@ -64,9 +69,14 @@ class MemoryBackend:
     def health(self) -> BackendHealth:
         return BackendHealth(self._state, "in-memory")
 
+    def _refuse(self, what: str) -> Deferred[Any] | None:
+        if self._state is not BackendState.STOPPED:
+            return None
+        return fail(BackendUnavailable(f"cannot {what}: memory backend is stopped"))
+
     def publish(self, channel: str, envelope: Envelope) -> Deferred[int]:
         if self._state is not BackendState.OK:
-            return fail(BackendUnavailable(f"memory backend is {self._state.value}"))
+            return fail(BackendUnavailable(f"cannot publish: memory backend is {self._state.value}"))
         listeners = self.hub.channels.get(channel)
         if not listeners:
             return succeed(0)
@@ -77,6 +87,8 @@ class MemoryBackend:
         return succeed(len(callbacks))
 
     def subscribe(self, channel: str, callback: EnvelopeCallback) -> Deferred[None]:
+        if (refused := self._refuse("subscribe")) is not None:
+            return refused
         self.hub.channels.setdefault(channel, {})[self.node_id] = callback
         self._subscribed.add(channel)
         return succeed(None)
@@ -91,12 +103,16 @@ class MemoryBackend:
         return succeed(None)
 
     def presence_add(self, scope: str, member: str) -> Deferred[bool]:
+        if (refused := self._refuse("add presence")) is not None:
+            return refused
         nodes = self.hub.presence.setdefault(scope, {}).setdefault(member, set())
         was_absent = not nodes
         nodes.add(self.node_id)
         return succeed(was_absent)
 
     def presence_remove(self, scope: str, member: str) -> Deferred[bool]:
+        if (refused := self._refuse("remove presence")) is not None:
+            return refused
         members = self.hub.presence.get(scope, {})
         nodes = members.get(member)
         if nodes is None:
@@ -110,6 +126,8 @@ class MemoryBackend:
         return succeed(True)
 
     def presence_members(self, scope: str) -> Deferred[list[str]]:
+        if (refused := self._refuse("list presence")) is not None:
+            return refused
         members = self.hub.presence.get(scope, {})
         return succeed(sorted(m for m, nodes in members.items() if nodes))
 

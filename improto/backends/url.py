@@ -1,7 +1,15 @@
-"""Choose a backend from a URL: ``memory://`` or ``redis://host:port/db``."""
+"""
+Choose a backend from a URL: ``memory://`` or ``redis://host:port/db``.
+
+The Redis backend is imported only for a ``redis://`` URL, so the core
+runs without the ``improto[redis]`` extra; without it a ``redis://`` URL
+is a one-line ``ValueError`` that says how to install it.
+"""
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -9,6 +17,16 @@ from improto.backends.interface import IBackend
 from improto.backends.memory import MemoryBackend
 
 SCHEMES = ("memory", "redis")
+
+
+def _redis(module: str) -> ModuleType:
+    """``improto.backends.redis.<module>``, or a one-line ValueError without the extra."""
+    try:
+        return importlib.import_module(f"improto.backends.redis.{module}")
+    except ModuleNotFoundError as e:
+        if e.name != "hiredis":
+            raise
+        raise ValueError(str(e)) from None
 
 
 def check_backend_url(url: str) -> str:
@@ -19,9 +37,7 @@ def check_backend_url(url: str) -> str:
             f"unsupported backend URL {url!r}: expected memory:// or redis://HOST:PORT/DB"
         )
     if scheme == "redis":
-        from improto.backends.redis.backend import parse_redis_url
-
-        parse_redis_url(url)
+        _redis("options").parse_redis_url(url)
     return scheme
 
 
@@ -29,6 +45,5 @@ def backend_from_url(url: str, reactor: Any, **options: Any) -> IBackend:
     scheme = check_backend_url(url)
     if scheme == "memory":
         return MemoryBackend()
-    from improto.backends.redis.backend import RedisBackend
-
-    return RedisBackend.from_url(url, reactor=reactor, **options)
+    backend: IBackend = _redis("backend").RedisBackend.from_url(url, reactor=reactor, **options)
+    return backend

@@ -14,6 +14,8 @@ from typing import Any
 import attrs
 
 from improto.protocol.codec import ErrorCode, ProtocolError, encode
+from improto.protocol.commands import _group
+from improto.protocol.names import MAX_GROUP_LENGTH, check_name, normalize_name
 
 #: Most streams one resume may name.
 MAX_RESUME_STREAMS = 64
@@ -52,13 +54,20 @@ def _seq(obj: dict[str, Any], key: str, request_id: str | None) -> int | None:
 
 
 def check_stream(name: object, request_id: str | None) -> str:
+    """A stream name in its canonical spelling (names are NFKC, as users are)."""
     if not isinstance(name, str) or not name.startswith(("group:", "user:")) or name.endswith(":"):
         raise ProtocolError(
             ErrorCode.BAD_MESSAGE,
             f"Stream {str(name)[:80]!r} is not 'group:<name>' or 'user:<name>'.",
             request_id,
         )
-    return name
+    kind, _, rest = name.partition(":")
+    if kind == "user":
+        return "user:" + normalize_name(rest)
+    try:
+        return "group:" + check_name(rest, "group name", MAX_GROUP_LENGTH)
+    except ProtocolError as e:
+        raise attrs.evolve(e, id=request_id) from None
 
 
 def decode_history(obj: dict[str, Any], request_id: str | None) -> History:
@@ -70,8 +79,8 @@ def decode_history(obj: dict[str, Any], request_id: str | None) -> History:
                 ErrorCode.BAD_MESSAGE, "Give either 'group' or 'private', not both.", request_id
             )
         stream = None
-    elif isinstance(group, str) and group:
-        stream = "group:" + group
+    elif group is not None:
+        stream = "group:" + _group(obj, request_id)
     else:
         raise ProtocolError(
             ErrorCode.BAD_MESSAGE, "A history request needs 'group' or '\"private\": true'.", request_id

@@ -16,6 +16,8 @@ from improto.protocol.codec import ErrorCode, ProtocolError
 from improto.router.sessions import Session, SessionLink, SessionTable
 
 _log = Logger()
+#: The ``Session.logged`` key of unexpected errors (no error code of its own).
+_INTERNAL = "internal"
 
 
 def send_each(links: Sequence[SessionLink], data: bytes, binary: bool) -> None:
@@ -74,8 +76,7 @@ class Replies:
             self.send(session, codec.ack(request_id))
 
     def refuse(self, session: Session, error: ProtocolError) -> None:
-        if error.code.value not in session.logged:
-            session.logged.add(error.code.value)
+        if self._first(session, error.code.value):
             _log.info(
                 "Refused a frame from {user!r} (session {session}): {code}: {reason} "
                 "(further {code} errors of this session are not logged)",
@@ -84,14 +85,39 @@ class Replies:
                 code=error.code.value,
                 reason=error.reason,
             )
-        self.send(session, codec.error(error, session.native))
+        # Echo connections are no seed page: a plain error frame.
+        self.send(session, codec.error(error, session.native or session.echo))
 
     def failed(self, failure: Failure, session: Session | None, request_id: str | None) -> None:
         """A backend call failed: tell the client instead of dropping its message."""
         if failure.check(BackendUnavailable):
             reason = "The message service is temporarily unavailable; the message was not delivered."
         else:
-            _log.failure("Backend call failed", failure)
+            if session is None or self._first(session, _INTERNAL):
+                _log.failure("Backend call failed", failure)
             reason = "Internal error in the message service; the message was not delivered."
         if session is not None:
             self.refuse(session, ProtocolError(ErrorCode.BACKEND_UNAVAILABLE, reason, request_id))
+
+    def internal_error(self, session: Session, request_id: str | None) -> None:
+        """
+        Handling a frame raised: a bug. Called from an ``except`` block; the
+        traceback is logged once per session, and the client gets its answer.
+        """
+        if self._first(session, _INTERNAL):
+            _log.failure(
+                "Internal error handling a frame from {user!r} (session {session}); "
+                "further internal errors of this session are not logged",
+                user=session.user,
+                session=session.id,
+            )
+        reason = "Internal error in the message service; the message was not delivered."
+        self.refuse(session, ProtocolError(ErrorCode.BACKEND_UNAVAILABLE, reason, request_id))
+
+    @staticmethod
+    def _first(session: Session, key: str) -> bool:
+        """True the first time ``key`` is seen for ``session``: log once, not per frame."""
+        if key in session.logged:
+            return False
+        session.logged.add(key)
+        return True

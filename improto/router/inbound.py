@@ -1,9 +1,10 @@
 """
 Inbound: what each client frame asks for, and the answer it gets.
 
-One :class:`Inbound` per router. It checks a frame's size and the sender's
-rate, decodes it, and routes the command to the backend; every request
-ends in exactly one ack or one error frame for a native client.
+One :class:`Inbound` per router. It charges every frame to the sender's
+rate limit (echo connections included), checks its size, decodes it, and
+routes the command to the backend; every request ends in exactly one ack
+or one error frame for a native client.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ class Inbound:
         self._replies = router.replies
 
     def text(self, session: Session, text: str, size: int) -> None:
+        # Every frame costs a token before any work is done on it, so a
+        # flood of frames that are refused (too large, undecodable) is
+        # throttled like a flood of good ones.
+        if not self._take_token(session, text):
+            return
         if session.echo:
             self._echo(session, text.encode("utf-8"), binary=False)
             return
@@ -47,25 +53,51 @@ class Inbound:
             )
             return
         try:
-            command = codec.decode(text)
+            command = codec.decode(text, native=session.native)
         except ProtocolError as e:
             self._replies.refuse(session, e)
             return
         if command.native:
             # A client on a seed route that speaks the native dialect gets
-            # native replies (acks, presence) from now on.
+            # native replies (acks, presence), and is held to it, from now on.
             self._router.became_native(session)
-        if not session.bucket.take(self._router.clock()):
-            self._replies.refuse(
-                session,
-                ProtocolError(
-                    ErrorCode.RATE_LIMITED,
-                    f"Too many messages: at most {self._limits.rate:g} a second; "
-                    "this one was not delivered.",
-                    getattr(command, "id", None),
-                ),
-            )
+        try:
+            self._dispatch(session, command)
+        except Exception:
+            # A bug, not the client's fault: one traceback per session, an
+            # answer for the request, and the connection lives on.
+            self._replies.internal_error(session, getattr(command, "id", None))
+
+    def binary(self, session: Session, data: bytes) -> None:
+        if not self._take_token(session, None):
             return
+        if session.echo:
+            self._echo(session, data, binary=True)
+            return
+        self._replies.refuse(
+            session,
+            ProtocolError(
+                ErrorCode.BINARY_NOT_SUPPORTED,
+                "Binary frames are not supported on chat connections; send JSON text.",
+            ),
+        )
+
+    def _take_token(self, session: Session, text: str | None) -> bool:
+        """Charge one frame to the session's rate limit; refuse it if over."""
+        if session.bucket.take(self._router.clock()):
+            return True
+        self._replies.refuse(
+            session,
+            ProtocolError(
+                ErrorCode.RATE_LIMITED,
+                f"Too many messages: at most {self._limits.rate:g} a second; "
+                "this one was not delivered.",
+                None if text is None or session.echo else codec.request_id_of(text),
+            ),
+        )
+        return False
+
+    def _dispatch(self, session: Session, command: codec.Command) -> None:
         match command:
             case codec.SendToGroup():
                 self._send_to_group(session, command)
@@ -81,18 +113,6 @@ class Inbound:
                 self._router.durable.history(session, command)
             case streams.Resume():
                 self._router.durable.resume(session, command.streams, command.id)
-
-    def binary(self, session: Session, data: bytes) -> None:
-        if session.echo:
-            self._echo(session, data, binary=True)
-            return
-        self._replies.refuse(
-            session,
-            ProtocolError(
-                ErrorCode.BINARY_NOT_SUPPORTED,
-                "Binary frames are not supported on chat connections; send JSON text.",
-            ),
-        )
 
     def _echo(self, session: Session, data: bytes, binary: bool) -> None:
         envelope = Envelope(self._backend.node_id, session.id, data, binary)

@@ -1,12 +1,30 @@
 """
-RESP (the Redis protocol) over a Twisted transport.
+RESP (the Redis protocol) over a Twisted transport; hiredis does the bytes.
 
-redis-py's connection classes own their sockets and block, so they cannot
-run on the reactor thread. Its serializers and hiredis's ``Reader`` are
-sans-IO, though: this module pairs them with a :class:`RespConnection`
-protocol, so the whole exchange stays non-blocking and works on any
-reactor ``twistd`` picks. Without hiredis a small pure-Python reader with
-the same ``feed``/``gets`` interface takes its place.
+:class:`RespConnection` is a Twisted ``Protocol``: it packs commands with
+``hiredis.pack_command``, parses replies with ``hiredis.Reader`` and
+matches them to callers' Deferreds in order. It owns no socket and never
+blocks, so it runs on whatever reactor ``twistd`` installs.
+
+Why improto carries a client at all, when libraries exist:
+
+* redis-py's ``redis.asyncio`` could run under Twisted's asyncio reactor,
+  but that would force ``twistd -r asyncio`` on every deployment and put
+  an asyncio future between each command and its Deferred (an extra
+  event-loop hop per call). Its blocking client cannot run on the reactor
+  thread at all.
+* txredisapi (1.6.0, October 2026, maintained, Twisted-native) speaks
+  RESP2 only (no ``HELLO 3``/RESP3) and pipelines only inside an explicit
+  ``pipeline()``/``execute_pipeline()`` section that holds a connection;
+  outside it every command is its own ``transport.write``, packed in pure
+  Python. improto wants every command of one reactor turn in one write
+  without callers opting in (``benchmarks/bench_redis_batching.py``
+  measures what that buys), and a subscriber connection whose
+  ``SUBSCRIBE`` confirmations answer the caller that sent them.
+
+What is left here is the part no library does for us: the write batching,
+reply matching, push routing and the command timeout. Parsing and
+packing stay in hiredis's C code.
 
 Commands issued in one reactor turn are written with one
 ``transport.write`` at the end of the turn: a burst of publishes costs one
@@ -18,21 +36,21 @@ from __future__ import annotations
 import collections
 from collections.abc import Callable
 from typing import Any, cast
-from typing import Protocol as TypingProtocol
 
 import attrs
-from redis.connection import HiredisRespSerializer, PythonRespSerializer
-from redis.utils import HIREDIS_AVAILABLE
+import hiredis
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
 from twisted.internet.protocol import Protocol
+from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from improto.backends.interface import BackendUnavailable
 
-if HIREDIS_AVAILABLE:
-    import hiredis
+#: What a command argument may be; hiredis encodes ``str`` as UTF-8 and
+#: numbers as their ``repr``.
+Arg = bytes | str | int | float
 
 
 class RedisReplyError(Exception):
@@ -43,102 +61,15 @@ class RedisProtocolError(Exception):
     """The byte stream from Redis is not valid RESP."""
 
 
-class Reader(TypingProtocol):
-    def feed(self, data: bytes) -> None: ...
-
-    def gets(self) -> Any: ...
-
-
-class _Incomplete(Exception):
-    pass
+def make_reader() -> hiredis.Reader:
+    """A reader whose ``gets()`` returns error replies as :class:`RedisReplyError`."""
+    return hiredis.Reader(protocolError=RedisProtocolError, replyError=RedisReplyError)
 
 
-class PythonReader:
-    """
-    A RESP2 reader with hiredis's interface: ``gets()`` returns ``False``
-    until a whole reply is buffered, error replies come back as
-    :class:`RedisReplyError` instances rather than being raised.
-    """
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-        self._pos = 0
-
-    def feed(self, data: bytes) -> None:
-        self._buf += data
-
-    def gets(self) -> Any:
-        try:
-            reply, pos = self._parse(self._pos)
-        except _Incomplete:
-            return False
-        self._pos = pos
-        if pos == len(self._buf) or pos > 65536:
-            del self._buf[:pos]
-            self._pos = 0
-        return reply
-
-    def _parse(self, pos: int) -> tuple[Any, int]:
-        buf = self._buf
-        end = buf.find(b"\r\n", pos)
-        if end < 0:
-            raise _Incomplete()
-        kind = buf[pos]
-        line = bytes(buf[pos + 1 : end])
-        pos = end + 2
-        if kind == 0x2B:  # +
-            return line, pos
-        if kind == 0x2D:  # -
-            return RedisReplyError(line.decode("utf-8", "replace")), pos
-        try:
-            number = int(line)
-        except ValueError:
-            raise RedisProtocolError(f"bad length or integer {line[:20]!r}") from None
-        if kind == 0x3A:  # :
-            return number, pos
-        if kind == 0x24:  # $
-            if number < 0:
-                return None, pos
-            if len(buf) < pos + number + 2:
-                raise _Incomplete()
-            return bytes(buf[pos : pos + number]), pos + number + 2
-        if kind == 0x2A:  # *
-            if number < 0:
-                return None, pos
-            items = []
-            for _ in range(number):
-                item, pos = self._parse(pos)
-                items.append(item)
-            return items, pos
-        raise RedisProtocolError(f"unexpected reply type byte {bytes([kind])!r}")
-
-
-def _encode_arg(value: bytes | str | int | float) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    if isinstance(value, (int, float)):
-        return repr(value).encode("ascii")
-    raise TypeError(f"cannot send {type(value).__name__} to Redis")
-
-
-def make_reader() -> Reader:
-    if HIREDIS_AVAILABLE:
-        return hiredis.Reader(protocolError=RedisProtocolError, replyError=RedisReplyError)
-    return PythonReader()
-
-
-def make_packer() -> Callable[..., list[bytes]]:
-    """Return ``pack(*args) -> list of byte chunks`` from redis-py."""
-    if HIREDIS_AVAILABLE:
-        serializer = HiredisRespSerializer()
-
-        def pack(*args: bytes | str | int | float) -> list[bytes]:
-            return serializer.pack(*map(_encode_arg, args))  # type: ignore[arg-type]
-
-        return pack
-    return PythonRespSerializer(6000, _encode_arg).pack
+def pack(*args: Arg) -> bytes:
+    """One command as RESP bytes."""
+    # hiredis's stub types the argument as a 1-tuple.
+    return cast(bytes, hiredis.pack_command(args))  # type: ignore[arg-type]
 
 
 @attrs.define
@@ -148,12 +79,14 @@ class RespStats:
     commands: int = 0
     writes: int = 0
     replies: int = 0
+    #: Reconnect attempts scheduled after a failure or a loss.
+    reconnects: int = 0
 
 
 MessageHandler = Callable[[bytes, bytes], None]
 
 
-class RespConnection(Protocol):
+class RespConnection(Protocol, TimeoutMixin):
     """
     One Redis connection: pipelined commands, replies matched in order.
 
@@ -165,30 +98,30 @@ class RespConnection(Protocol):
     A connection never leaves a Deferred hanging: when it is lost, or when
     Redis leaves a command unanswered for ``timeout`` seconds (the
     connection is then aborted), every pending command fails with
-    :class:`BackendUnavailable`.
+    :class:`BackendUnavailable`. The timeout runs only while a command is
+    pending and restarts with every reply (``TimeoutMixin``).
     """
 
     def __init__(
         self,
-        reactor: IReactorTime,
+        clock: IReactorTime,
         *,
         timeout: float,
         stats: RespStats | None = None,
         batch_writes: bool = True,
         on_message: MessageHandler | None = None,
-        reader: Reader | None = None,
     ) -> None:
-        self._reactor = reactor
+        self._clock = clock
+        # TimeoutMixin schedules with self.callLater: use our clock.
+        self.callLater = clock.callLater  # type: ignore[method-assign, assignment]
         self._timeout = timeout
         self.stats = stats if stats is not None else RespStats()
         self._batch_writes = batch_writes
         self.on_message = on_message
-        self._reader = reader if reader is not None else make_reader()
-        self._pack = make_packer()
+        self._reader = make_reader()
         self._pending: collections.deque[Deferred[Any]] = collections.deque()
         self._outgoing: list[bytes] = []
         self._flush_call: IDelayedCall | None = None
-        self._watchdog: IDelayedCall | None = None
         self._lost_reason: str | None = None
         self._open = False
         self.lost: Deferred[str] = Deferred()
@@ -211,33 +144,34 @@ class RespConnection(Protocol):
     def pending(self) -> int:
         return len(self._pending)
 
-    def execute(self, *args: bytes | str | int | float) -> Deferred[Any]:
+    def execute(self, *args: Arg) -> Deferred[Any]:
         """Send one command; fires with its reply or fails with the error."""
         if not self._open:
             return fail(BackendUnavailable(f"Redis connection failed: {self._lost_reason or 'not connected'}"))
-        chunks = self._pack(*args)
+        data: bytes = hiredis.pack_command(args)  # type: ignore[arg-type]
         d: Deferred[Any] = Deferred()
         self._pending.append(d)
         self.stats.commands += 1
         if self._batch_writes:
-            self._outgoing.extend(chunks)
+            self._outgoing.append(data)
             if self._flush_call is None:
-                self._flush_call = self._reactor.callLater(0, self._flush)
+                self._flush_call = self._clock.callLater(0, self.flush)
         else:
-            self._write(chunks)
-        if self._watchdog is None:
-            self._watchdog = self._reactor.callLater(self._timeout, self._timed_out)
+            self.stats.writes += 1
+            self._transport.write(data)
+        if self.timeOut is None:
+            self.setTimeout(self._timeout)
         return d
 
-    def _write(self, chunks: list[bytes]) -> None:
-        self.stats.writes += 1
-        self._transport.write(b"".join(chunks))
-
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Write what this turn queued now rather than at the end of the turn."""
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
         self._flush_call = None
         if self._outgoing and self._open:
             outgoing, self._outgoing = self._outgoing, []
-            self._write(outgoing)
+            self.stats.writes += 1
+            self._transport.write(b"".join(outgoing))
 
     def dataReceived(self, data: bytes) -> None:
         self._reader.feed(data)
@@ -266,19 +200,12 @@ class RespConnection(Protocol):
                 d.errback(reply)
             else:
                 d.callback(reply)
-        self._rearm_watchdog()
-
-    def _rearm_watchdog(self) -> None:
-        if self._watchdog is None:
-            return
         if self._pending:
-            self._watchdog.reset(self._timeout)
-        else:
-            self._watchdog.cancel()
-            self._watchdog = None
+            self.resetTimeout()
+        elif self.timeOut is not None:
+            self.setTimeout(None)
 
-    def _timed_out(self) -> None:
-        self._watchdog = None
+    def timeoutConnection(self) -> None:
         self.abort(f"Redis did not answer within {self._timeout:g}s")
 
     def abort(self, reason: str) -> None:
@@ -287,31 +214,20 @@ class RespConnection(Protocol):
             self._lost_reason = reason
         self._transport.abortConnection()
 
-    def close(self) -> Deferred[str]:
-        """Send what is queued, then close; fires once the connection is gone."""
+    def close(self, reason: str = "connection closed by improto") -> None:
+        """Send what is queued, then close; :attr:`lost` fires once it is gone."""
         if self._open:
             if self._lost_reason is None:
-                self._lost_reason = "connection closed by improto"
-            self._flush()
+                self._lost_reason = reason
+            self.flush()
             self._transport.loseConnection()
-        return self._observe_lost()
-
-    def _observe_lost(self) -> Deferred[str]:
-        d: Deferred[str] = Deferred()
-
-        def relay(reason: str) -> str:
-            d.callback(reason)
-            return reason
-
-        self.lost.addCallback(relay)
-        return d
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._open = False
-        for call in (self._flush_call, self._watchdog):
-            if call is not None and call.active():
-                call.cancel()
-        self._flush_call = self._watchdog = None
+        self.setTimeout(None)
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
         self._outgoing = []
         if self._lost_reason is None:
             self._lost_reason = _one_line(reason)
@@ -329,3 +245,10 @@ def _one_line(reason: Failure | None) -> str:
         return "connection closed by Redis"
     text = " ".join(reason.getErrorMessage().split()).rstrip(".")
     return f"connection lost ({text})"
+
+
+def as_unavailable(failure: Failure, what: str) -> Failure:
+    """A command's error reply, as the ``BackendUnavailable`` callers expect."""
+    if failure.check(RedisReplyError):
+        return Failure(BackendUnavailable(f"Redis refused {what}: {failure.value}"))
+    return failure

@@ -20,6 +20,10 @@ same member concurrently cannot both see ``True``.
 Scripts read heartbeat keys they do not declare in ``KEYS``; that is
 fine on a standalone Redis (the supported deployment) but not on Redis
 Cluster.
+
+:class:`PresenceStore` is the commands; :class:`NodePresence` is this
+node's memory of what it told Redis, so that it can tell it again after
+a reconnect or an expired heartbeat.
 """
 
 from __future__ import annotations
@@ -29,8 +33,11 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from improto.backends.redis.client import RedisReplyError, RespConnection
+from improto.backends.interface import BackendUnavailable
+from improto.backends.redis.client import RedisReplyError, RespConnection, as_unavailable
 
 # Shared prologue: ARGV[1] heartbeat key prefix, ARGV[2] this node's id.
 # ``live(n)`` caches EXISTS per node for the duration of one script.
@@ -184,3 +191,90 @@ class PresenceStore:
     def members(self, conn: RespConnection, scope: str) -> Deferred[list[str]]:
         d = MEMBERS.run(conn, [self.scope_key(scope)], self._args())
         return d.addCallback(lambda raw: sorted(m.decode("utf-8", "replace") for m in raw))
+
+_log = Logger()
+
+Entry = tuple[str, str]
+
+
+class NodePresence:
+    """
+    The entries this node holds, and those whose removal Redis has not
+    confirmed (tombstones): both are replayed by :meth:`reregister`, so
+    Redis converges on this node's view whatever was lost in between.
+    """
+
+    def __init__(self, store: PresenceStore) -> None:
+        self.store = store
+        self.entries: set[Entry] = set()
+        self.tombstones: set[Entry] = set()
+
+    def add(self, conn: RespConnection, scope: str, member: str) -> Deferred[bool]:
+        entry = (scope, member)
+        self.tombstones.discard(entry)
+        self.entries.add(entry)
+
+        def failed(failure: Failure) -> Failure:
+            self.entries.discard(entry)
+            self.tombstones.add(entry)
+            return as_unavailable(failure, "presence_add")
+
+        return self.store.add(conn, scope, member).addErrback(failed)
+
+    def remove(self, conn: RespConnection, scope: str, member: str) -> Deferred[bool]:
+        entry = (scope, member)
+        self.entries.discard(entry)
+
+        def failed(failure: Failure) -> Failure:
+            self.tombstones.add(entry)
+            return as_unavailable(failure, "presence_remove")
+
+        return self.store.remove(conn, scope, member).addErrback(failed)
+
+    def forget(self, scope: str, member: str) -> None:
+        """Remove while Redis cannot be told: the removal is replayed on reconnect."""
+        entry = (scope, member)
+        self.entries.discard(entry)
+        self.tombstones.add(entry)
+
+    def reregister(self, conn: RespConnection) -> Deferred[Any]:
+        """Make Redis hold exactly this node's entries (after a reconnect or expiry)."""
+        tombstones = list(self.tombstones)
+        calls = [self.store.remove(conn, scope, member) for scope, member in tombstones]
+        calls += [self.store.add(conn, scope, member) for scope, member in self.entries]
+
+        def done(_: object) -> None:
+            self.tombstones.difference_update(tombstones)
+
+        return gatherResults(calls, consumeErrors=True).addCallback(done)
+
+    def goodbye(self, conn: RespConnection | None) -> Deferred[Any] | None:
+        """Remove every entry and the heartbeat, forgetting them all."""
+        entries = self.entries | self.tombstones
+        self.entries.clear()
+        self.tombstones.clear()
+        if conn is None:
+            return None
+        calls = [self.store.remove(conn, scope, member) for scope, member in entries]
+        calls.append(self.store.goodbye(conn))
+        return gatherResults(calls, consumeErrors=True)
+
+    def beat(self, conn: RespConnection) -> None:
+        """Refresh the heartbeat; re-register everything if it had expired."""
+        self.store.heartbeat(conn).addCallbacks(lambda existed: self._beaten(conn, existed), self._beat_failed)
+
+    def _beaten(self, conn: RespConnection, existed: bool) -> None:
+        if existed or not (self.entries or self.tombstones):
+            return
+        _log.warn(
+            "Redis backend: heartbeat of node {node_id} had expired (reactor stalled for "
+            "over {ttl}s?); re-registering {entries} presence entr(y/ies)",
+            node_id=self.store.node_id,
+            ttl=self.store.heartbeat_ttl_ms / 1000,
+            entries=len(self.entries),
+        )
+        self.reregister(conn).addErrback(self._beat_failed)
+
+    def _beat_failed(self, failure: Failure) -> None:
+        if not failure.check(BackendUnavailable):
+            _log.failure("Redis backend: heartbeat failed", failure, node_id=self.store.node_id)

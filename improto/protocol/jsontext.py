@@ -1,0 +1,129 @@
+"""
+Strict JSON for client frames: what browsers' ``JSON.parse`` accepts and
+what improto can encode back, checked without recursing in Python.
+
+Python's ``json`` module accepts ``NaN`` and ``Infinity``, turns ``1e400``
+into infinity, recurses once per nesting level (so a frame of a thousand
+``[`` raises RecursionError) and decodes ``"\\ud800"`` into a string that
+cannot be encoded as UTF-8. Each of those is refused here with a
+:class:`JsonRefused` that names the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from itertools import accumulate
+from typing import Any
+
+#: Deepest nesting of arrays and objects in a frame. A native frame is an
+#: object, so a ``msg`` may nest one level less.
+MAX_DEPTH = 33
+
+#: A complete JSON string literal (the unrolled form never backtracks).
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_BRACKET_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+#: ``\uD800``..``\uDFFF`` escapes: decoding them may yield a lone surrogate.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class JsonRefused(ValueError):
+    """The text is not JSON that improto accepts; ``reason`` says why."""
+
+    def __init__(self, reason: str, syntax: bool = True) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        #: True for "not JSON at all" (``bad_json``), False for JSON that
+        #: breaks one of improto's limits (``bad_message``).
+        self.syntax = syntax
+
+
+def nesting_depth(text: str) -> int:
+    """
+    How deep arrays and objects nest in ``text`` (unclosed ones count),
+    brackets inside string literals not counted. Linear, and every step
+    runs in C.
+    """
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    if not brackets:
+        return 0
+    return max(0, max(accumulate(map(_BRACKET_STEP.__getitem__, brackets))))
+
+
+def too_deep(text: str) -> bool:
+    """Whether ``text`` nests deeper than :data:`MAX_DEPTH`; two ``str.count`` calls
+    for the common frame with few brackets."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return False
+    return nesting_depth(text) > MAX_DEPTH
+
+
+def _refuse_constant(name: str) -> Any:
+    raise JsonRefused(f"{name} is not a JSON number.")
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if math.isinf(value):
+        raise JsonRefused(f"The number {literal[:20]}{'...' if len(literal) > 20 else ''} "
+                          "is too large for a JSON number (a 64-bit float).")
+    return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+_CHECK_ENCODER = json.JSONEncoder(ensure_ascii=False, check_circular=False)
+
+
+def parse(text: str) -> Any:
+    """
+    Parse one frame as strict JSON, or raise :class:`JsonRefused`.
+
+    The depth is checked before parsing, so the parser never recurses
+    deeper than :data:`MAX_DEPTH`.
+    """
+    if too_deep(text):
+        raise JsonRefused(
+            f"The frame nests arrays and objects deeper than {MAX_DEPTH} levels.", syntax=False
+        )
+    try:
+        value = _DECODER.decode(text)
+    except JsonRefused:
+        raise
+    except json.JSONDecodeError as e:
+        raise JsonRefused(f"The frame is not valid JSON: {e.msg} at character {e.pos}.") from None
+    except ValueError:
+        # int() refusing a number of more than sys.get_int_max_str_digits() digits.
+        raise JsonRefused(
+            f"The frame holds an integer of more than {sys.get_int_max_str_digits()} digits."
+        ) from None
+    except RecursionError:  # pragma: no cover - the depth check comes first
+        raise JsonRefused(
+            f"The frame nests arrays and objects deeper than {MAX_DEPTH} levels.", syntax=False
+        ) from None
+    return value
+
+
+def check_unicode(value: Any, text: str) -> None:
+    """
+    Refuse a value parsed from ``text`` that holds a lone surrogate (which
+    UTF-8 cannot encode). Only a frame with a ``\\uD800``..``\\uDFFF``
+    escape can hold one, so most frames cost one regular-expression scan.
+    """
+    if _SURROGATE_ESCAPE.search(text) is None:
+        return
+    match = _SURROGATE.search(_CHECK_ENCODER.encode(value))
+    if match is not None:
+        raise JsonRefused(
+            f"The frame contains the lone surrogate U+{ord(match.group()):04X} (an escape "
+            "such as \\ud800 that is not half of a pair); strings must be Unicode text.",
+            syntax=False,
+        )
+
+
+def has_surrogate(text: str) -> bool:
+    """True when ``text`` itself holds a surrogate code point (never after UTF-8)."""
+    return _SURROGATE.search(text) is not None

@@ -1,0 +1,177 @@
+"""
+The RESP connection without a Redis: hiredis packs and parses, the
+connection matches replies, routes pushes, batches writes and times out.
+Also the envelope wire format.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+
+from improto.backends.interface import Audience, BackendUnavailable, Envelope
+from improto.backends.redis.client import RedisReplyError, RespConnection, pack
+from improto.backends.redis.wire import WireError, decode_envelope, encode_envelope
+
+
+def test_wire_round_trip_and_errors() -> None:
+    env = Envelope("n", "s", b"\x00\xff" * 10, True, Audience.NATIVE, "x")
+    payload = encode_envelope(env)
+    assert decode_envelope(payload) == env
+    assert len(payload) == 9 + 1 + 1 + 1 + 20
+    with pytest.raises(WireError, match="version 9"):
+        decode_envelope(b"\x09" + payload[1:])
+    with pytest.raises(WireError, match="header"):
+        decode_envelope(payload[:5])
+    with pytest.raises(WireError, match="truncated"):
+        decode_envelope(payload[:10])
+    with pytest.raises(WireError, match="audience"):
+        decode_envelope(payload[:2] + b"\x07" + payload[3:])
+
+
+def test_pack_is_resp_of_bytes_text_and_numbers() -> None:
+    assert pack(b"SET", "caf\u00e9", 42, b"\r\n") == (
+        b"*4\r\n$3\r\nSET\r\n$5\r\ncaf\xc3\xa9\r\n$2\r\n42\r\n$2\r\n\r\n\r\n"
+    )
+    with pytest.raises(TypeError):
+        pack(b"SET", None)  # type: ignore[arg-type]
+
+
+class Wired:
+    """A RespConnection on a StringTransport and a Clock."""
+
+    def __init__(self, **options: Any) -> None:
+        self.clock = Clock()
+        self.transport = StringTransport()
+        self.messages: list[tuple[bytes, bytes]] = []
+        options.setdefault("timeout", 2.0)
+        self.conn = RespConnection(self.clock, **options)
+        self.conn.makeConnection(self.transport)
+        self.lost: list[str] = []
+        self.conn.lost.addCallback(self.lost.append)
+
+    def written(self) -> bytes:
+        data = self.transport.value()
+        self.transport.clear()
+        return data
+
+    def results(self, *ds: Any) -> list[Any]:
+        out: list[Any] = []
+        for d in ds:
+            d.addBoth(out.append)
+        return out
+
+    def drop(self) -> None:
+        self.conn.connectionLost(Failure(ConnectionDone()))
+
+
+def test_commands_of_one_turn_share_one_write_and_replies_match_in_order() -> None:
+    w = Wired()
+    ds = [w.conn.execute(b"PING"), w.conn.execute(b"GET", b"k"), w.conn.execute(b"INCR", b"n")]
+    assert w.written() == b""
+    w.clock.advance(0)
+    assert w.written() == pack(b"PING") + pack(b"GET", b"k") + pack(b"INCR", b"n")
+    assert (w.conn.stats.commands, w.conn.stats.writes) == (3, 1)
+    results = w.results(*ds)
+    stream = b"+PONG\r\n$-1\r\n:7\r\n"
+    for i in range(len(stream)):
+        w.conn.dataReceived(stream[i : i + 1])
+    assert results == [b"PONG", None, 7]
+    assert w.conn.stats.replies == 3
+
+
+def test_unbatched_writes_each_command_at_once() -> None:
+    w = Wired(batch_writes=False)
+    w.conn.execute(b"PING")
+    assert w.written() == pack(b"PING")
+    w.conn.execute(b"PING")
+    assert w.conn.stats.writes == 2
+
+
+def test_error_replies_fail_only_their_command() -> None:
+    w = Wired()
+    results = w.results(w.conn.execute(b"BAD"), w.conn.execute(b"PING"))
+    w.conn.dataReceived(b"-ERR unknown command 'BAD'\r\n+PONG\r\n")
+    assert isinstance(results[0], Failure) and results[0].check(RedisReplyError)
+    assert str(results[0].value) == "ERR unknown command 'BAD'"
+    assert results[1] == b"PONG"
+    assert w.conn.is_open
+
+
+def test_message_pushes_go_to_the_handler_between_replies() -> None:
+    w = Wired()
+    w.conn.on_message = lambda channel, data: w.messages.append((channel, data))
+    results = w.results(w.conn.execute(b"SUBSCRIBE", b"ch"), w.conn.execute(b"PING"))
+    w.conn.dataReceived(
+        b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"
+        b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$4\r\n\r\n\x00\xff\r\n"
+        b"*2\r\n$4\r\npong\r\n$0\r\n\r\n"
+    )
+    assert results == [[b"subscribe", b"ch", 1], [b"pong", b""]]
+    assert w.messages == [(b"ch", b"\r\n\x00\xff")]
+
+
+def test_garbage_or_unsolicited_replies_abort_and_fail_pending() -> None:
+    w = Wired()
+    results = w.results(w.conn.execute(b"PING"))
+    w.conn.dataReceived(b"?what\r\n")
+    assert w.transport.disconnecting
+    w.drop()
+    assert results[0].check(BackendUnavailable)
+    assert "protocol error from Redis" in str(results[0].value)
+    assert w.lost and "protocol error" in w.lost[0]
+
+    w = Wired()
+    w.conn.dataReceived(b"+OK\r\n")
+    assert w.transport.disconnecting
+    w.drop()
+    assert w.lost[0].startswith("unsolicited reply from Redis")
+
+
+def test_an_unanswered_command_times_out_and_replies_restart_the_clock() -> None:
+    w = Wired(timeout=2.0)
+    first = w.results(w.conn.execute(b"PING"), w.conn.execute(b"PING"))
+    w.clock.advance(1.5)
+    w.conn.dataReceived(b"+PONG\r\n")
+    w.clock.advance(1.5)
+    assert not w.transport.disconnecting, "a reply restarts the timeout"
+    w.clock.advance(0.6)
+    assert w.transport.disconnecting
+    w.drop()
+    assert first[0] == b"PONG"
+    assert first[1].check(BackendUnavailable)
+    assert str(first[1].value) == "Redis connection failed: Redis did not answer within 2s"
+
+
+def test_an_idle_connection_does_not_time_out() -> None:
+    w = Wired(timeout=2.0)
+    results = w.results(w.conn.execute(b"PING"))
+    w.conn.dataReceived(b"+PONG\r\n")
+    w.clock.advance(60)
+    assert not w.transport.disconnecting
+    assert results == [b"PONG"]
+    assert w.clock.getDelayedCalls() == []
+
+
+def test_a_lost_connection_fails_pending_and_later_commands() -> None:
+    w = Wired()
+    results = w.results(w.conn.execute(b"PING"))
+    w.drop()
+    assert results[0].check(BackendUnavailable)
+    assert w.lost == ["connection closed by Redis"]
+    late = w.results(w.conn.execute(b"PING"))
+    assert late[0].check(BackendUnavailable)
+    assert "connection closed by Redis" in str(late[0].value)
+
+
+def test_close_flushes_what_is_queued() -> None:
+    w = Wired()
+    w.conn.execute(b"DEL", b"k")
+    w.conn.close()
+    assert w.written() == pack(b"DEL", b"k")
+    assert w.transport.disconnecting
