@@ -52,12 +52,18 @@ class DurableMessages:
         self._backend = router.backend
         self._replies = router.replies
         self.settings = settings
-        self.tracker = StreamTracker(router.backend)
+        self.tracker = StreamTracker(router.backend, self._reset)
         self.resumer = Resumer(router.backend, router.replies, settings.history_page_max)
 
     @property
     def enabled(self) -> bool:
         return bool(self._backend.retention.enabled)
+
+    def _reset(self, stream: str) -> None:
+        """A stream numbers afresh: what sessions' floors say no longer holds."""
+        for session in self._router.sessions.values():
+            if session.replay is not None:
+                session.replay.floors.pop(stream, None)
 
     # -- connections ----------------------------------------------------------
 

@@ -178,8 +178,9 @@ class _Repair:
 class StreamTracker:
     """The last seq this node delivered, per stream, and the repair of holes."""
 
-    def __init__(self, backend: IBackend) -> None:
+    def __init__(self, backend: IBackend, on_reset: Callable[[str], None]) -> None:
         self._backend = backend
+        self._on_reset = on_reset
         self._last: dict[str, int] = {}
         self._repairs: dict[str, _Repair] = {}
 
@@ -201,7 +202,12 @@ class StreamTracker:
             return
         last = self._last.get(stream)
         if last is not None and seq <= last:
-            return  # already delivered (by a repair)
+            # Each envelope reaches a node once, and a repair delivers only
+            # below the seq that started it: so the stream was reset (Redis
+            # restarted without persistence) and numbers from 1 again.
+            _log.warn("The seq of {stream} went back from {last} to {seq}: its history was reset",
+                      stream=stream, last=last, seq=seq)
+            self._on_reset(stream)
         if last is not None and seq > last + 1:
             self._repairs[stream] = _Repair([(envelope, fan_out)])
             self._repair(stream, last, seq, fan_out)

@@ -264,6 +264,19 @@ class TestResume:
         assert messages(m.take()) == [("a", 1), ("b", 2), ("c", 3), ("d", 4)]
 
 
+    def test_a_stream_that_restarts_from_1_is_delivered_again(self):
+        """Redis restarted without persistence: seqs start over, nothing is dropped."""
+        hub = MemoryHub()
+        router = make(hub=hub)
+        n, _ = connect(router, "nat", resume="group:lobby:0")
+        _, sa = connect(router, "alice")
+        say(router, sa, "a", "b")
+        assert messages(n.take()) == [("a", 1), ("b", 2)]
+        hub.streams.streams.clear()
+        say(router, sa, "c", "d")
+        assert messages(n.take()) == [("c", 1), ("d", 2)]
+
+
 class TestInbox:
     def test_private_to_an_offline_known_user_is_stored_then_delivered(self):
         router = make()
