@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 
 from improto.client import commands as cmd
+from improto.client import display
 from improto.client.backoff import FINAL_CLOSE_CODES, Backoff, is_final_close
 from improto.client.render import Kind, Line, show_value, width_of
 from improto.client.resume import Resume
@@ -126,11 +127,13 @@ class ChatState:
         if not isinstance(frame, dict):
             return Effects([self._error(f"the server sent a frame that is not a JSON object: {text[:60]}")])
         self.resume.on_frame(frame)
+        kind = str(frame.get("type"))
+        if kind in display.SHOWN:
+            return Effects([display.SHOWN[kind](frame, self.user, self.clock())])
         handler = {
             "welcome": self._welcome, "ack": self._ack, "error": self._server_error,
-            "message": self._message, "private": self._private,
-            "presence": self._presence, "who": self._who,
-        }.get(str(frame.get("type")))
+            "who": self._who,
+        }.get(kind)
         if handler is None:
             return Effects(self.resume.on_unknown(frame) or [])
         return handler(frame)
@@ -201,33 +204,9 @@ class ChatState:
         verb = {"join": "join", "leave": "leave", "who": "list"}[request["type"]]
         return Effects([self._error(f"could not {verb} {request['group']}: {code}: {reason}")])
 
-    def _message(self, frame: Frame) -> Effects:
-        head = f"[{frame.get('group')}] {frame.get('sender')}"
-        return Effects([self._chat(head, show_value(frame.get("msg")))])
-
-    def _private(self, frame: Frame) -> Effects:
-        sender = frame.get("sender")
-        # From another of our own devices: say to whom it went.
-        where = f"[private → {frame.get('to')}]" if sender == self.user else "[private]"
-        return Effects([self._chat(f"{where} {sender}", show_value(frame.get("msg")))])
-
-    def _presence(self, frame: Frame) -> Effects:
-        user, group = frame.get("user"), frame.get("group")
-        text = {
-            "join": f"{user} joined {group}",
-            "leave": f"{user} left {group}",
-            "online": f"{user} is online",
-            "offline": f"{user} went offline",
-        }.get(str(frame.get("event")), f"{user}: {frame.get('event')} {group or ''}")
-        return Effects([self._info(text)])
-
     def _who(self, frame: Frame) -> Effects:
         self.pending.pop(str(frame.get("id")), None)
-        users = [str(u) for u in frame.get("users", [])]
-        group = frame.get("group")
-        if not users:
-            return Effects([self._info(f"nobody is in {group}")])
-        return Effects([self._info(f"in {group} ({len(users)}): {', '.join(users)}")])
+        return Effects([display.who(frame, self.user, self.clock())])
 
     # --- lines the user typed -------------------------------------------
 
@@ -321,9 +300,6 @@ class ChatState:
         request = pending.request
         where = request.get("group") or f"private → {request.get('to')}"
         return Line(pending.at, Kind.CHAT, show_value(request["msg"]), f"[{where}] {self.user}", note)
-
-    def _chat(self, head: str, text: str) -> Line:
-        return Line(self.clock(), Kind.CHAT, text, head)
 
     def _info(self, text: str) -> Line:
         return Line(self.clock(), Kind.INFO, text)
