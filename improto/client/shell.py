@@ -8,6 +8,7 @@ instead of through it. Nothing here decides anything the state could.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 from collections.abc import Sequence
@@ -29,6 +30,8 @@ class Shell:
         self.url = url
         self.subprotocols = list(subprotocols)
         self.ws: ClientConnection | None = None
+        self.quitting = False
+        self._sending: set[asyncio.Future[None]] = set()
         self.session: PromptSession[str] = PromptSession(
             message=lambda: state.prompt(),
             bottom_toolbar=lambda: state.toolbar(self.columns()),
@@ -51,14 +54,17 @@ class Shell:
         for line in effects.lines:
             for row in format_line(line, width):
                 print(row, flush=True)
-        if self.ws is not None:
-            for frame in effects.frames:
-                asyncio.ensure_future(self._send(self.ws, frame))
+        if self.ws is not None and effects.frames:
+            # One task per batch, so a batch (the re-joins) goes out in order.
+            task = asyncio.ensure_future(self._send(self.ws, effects.frames))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
         self.session.app.invalidate()
 
-    async def _send(self, ws: ClientConnection, frame: dict[str, Any]) -> None:
+    async def _send(self, ws: ClientConnection, frames: list[dict[str, Any]]) -> None:
         try:
-            await ws.send(json.dumps(frame, ensure_ascii=False))
+            for frame in frames:
+                await ws.send(json.dumps(frame, ensure_ascii=False))
         except ConnectionClosed:
             pass  # the reader sees the close and marks what was pending
 
@@ -67,6 +73,8 @@ class Shell:
         while True:
             self.apply(self.state.connecting())
             code, reason, final = await self._one_connection()
+            if self.quitting:
+                return
             effects = self.state.on_closed(code, reason, final)
             self.apply(effects)
             if effects.retry_in is None:
@@ -113,11 +121,13 @@ class Shell:
                     if effects.quit:
                         break
             finally:
-                connection.cancel()
+                # Close first (1000, so the server sees a clean goodbye), then stop the reader.
+                self.quitting = True
                 if self.ws is not None:
                     await self.ws.close()
-        if connection.done() and not connection.cancelled() and connection.exception():
-            raise connection.exception()  # type: ignore[misc]
+                connection.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await connection  # a bug in it surfaces here rather than vanishing
         return 1 if self.state.status is Status.CLOSED else 0
 
     def _exit_prompt(self) -> None:

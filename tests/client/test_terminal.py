@@ -127,3 +127,21 @@ def test_an_auth_close_is_shown_and_final(
     assert chat.wait_exit() == 1
     # The token went both ways, improto.v1 was chosen, and there was no second attempt.
     assert seen == [("/ws/alice?token=abc.DEF-123_x", "improto.v1, bearer.abc.DEF-123_x", "improto.v1")]
+
+
+def test_a_handshake_refused_with_401_is_final(terminals: list[Terminal]) -> None:
+    attempts: list[str] = []
+
+    def refuse(connection: ServerConnection, request: Any) -> Any:
+        attempts.append(request.path)
+        return connection.respond(401, "no token\n")
+
+    with serve(lambda ws: None, "127.0.0.1", 0, process_request=refuse) as ws_server:
+        threading.Thread(target=ws_server.serve_forever, daemon=True).start()
+        port = ws_server.socket.getsockname()[1]
+        chat = open_chat(f"ws://127.0.0.1:{port}/ws/alice")
+        terminals.append(chat)
+        chat.wait_text("!! connection refused for good (HTTP 401 Unauthorized); not retrying")
+        assert chat.wait_exit() == 1
+        ws_server.shutdown()
+    assert attempts == ["/ws/alice"]
