@@ -76,6 +76,8 @@ def test_two_users_chat_and_survive_a_server_restart(
     server.stop()
     for terminal in (alice, bob):
         terminal.wait_text("disconnected (close 1001")
+    alice.line("anyone there?")
+    alice.wait_text("!! not connected (")
     restarted = start_server("--rate", "0", port=server.port)
     try:
         alice.wait_text("reconnected as alice; re-joining dev")
@@ -94,6 +96,8 @@ def test_two_users_chat_and_survive_a_server_restart(
         bob.line("/quit")
         assert bob.wait_exit() == 0
         alice.wait_text("-- bob went offline")
+        alice.type("\x04")  # Ctrl-D
+        assert alice.wait_exit() == 0
     finally:
         restarted.stop()
 
