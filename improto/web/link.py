@@ -5,6 +5,9 @@ It is the router's ``SessionLink`` for one connection: it writes frames,
 closes with the close codes a server needs, shares one framed broadcast
 with its peers, and watches backpressure so a client that stops reading
 is dropped instead of buffered for without bound.
+
+Importing it installs :mod:`improto.web.quiet` (Autobahn formats no debug-log
+text that nobody logs); that is the only change to Autobahn's behaviour.
 """
 
 from __future__ import annotations
@@ -18,18 +21,21 @@ from autobahn.websocket.compress import PerMessageDeflate
 from twisted.logger import Logger
 
 from improto.router import Router, Session
+from improto.web import quiet
 from improto.web.framing import deflate, frame
-from improto.web.quiet import QuietLoggingMixin
 
 _log = Logger()
+quiet.install()
 
 
-class LinkProtocol(QuietLoggingMixin, WebSocketServerProtocol):  # type: ignore[misc]
+class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     """
     What every improto connection shares: being a router ``SessionLink``,
     and sharing one framed (and compressed) broadcast with its peers.
     """
 
+    #: A TCP (or TLS) transport: producer registration and abortConnection.
+    transport: Any
     _session: Session | None = None
     #: (window bits, mem level) when our frames are context-free deflate,
     #: so that one compressed frame may be shared; None when uncompressed.
@@ -81,6 +87,8 @@ class LinkProtocol(QuietLoggingMixin, WebSocketServerProtocol):  # type: ignore[
         self._paused = False
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        # The only Autobahn method improto overrides: everything written,
+        # handshake and close included, counts towards the backlog.
         if self._dropping:
             return
         if self._paused:
