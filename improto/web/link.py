@@ -22,7 +22,7 @@ from twisted.logger import Logger
 
 from improto.router import Router, Session
 from improto.web import quiet
-from improto.web.framing import deflate, frame
+from improto.web.framing import compressed_frame, deflate
 
 _log = Logger()
 quiet.install()
@@ -40,8 +40,6 @@ class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     #: (window bits, mem level) when our frames are context-free deflate,
     #: so that one compressed frame may be shared; None when uncompressed.
     compression_key: tuple[int, int] | None = None
-    #: True when deflate keeps context: every frame is compressed per link.
-    _per_connection_compression = False
     #: Set while the kernel will not take more bytes for this client.
     _paused = False
     #: Bytes queued for this client since it stopped reading.
@@ -58,8 +56,6 @@ class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         pmce = self._perMessageCompress
         if isinstance(pmce, PerMessageDeflate) and pmce.server_no_context_takeover:
             self.compression_key = (pmce.server_max_window_bits, pmce.mem_level)
-        elif pmce is not None:
-            self._per_connection_compression = True
         self._watch_backpressure()
         self._session = self.open_session(self.factory.router)
 
@@ -129,20 +125,25 @@ class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
 
     @classmethod
     def broadcast(cls, links: Sequence[Any], data: bytes, binary: bool) -> None:
-        """Frame (and compress) ``data`` once per compression setting."""
-        framed: dict[tuple[int, int] | None, bytes] = {}
+        """
+        Frame ``data`` once for all uncompressed links (Autobahn's
+        ``prepareMessage``; links that compress with context get it
+        compressed per link by ``sendPreparedMessage``), and compress and
+        frame it once per context-free compression setting (see
+        :mod:`improto.web.framing` for why that one is ours).
+        """
+        prepared: Any = None
+        compressed: dict[tuple[int, int], bytes] = {}
         for link in links:
             if link.state != WebSocketServerProtocol.STATE_OPEN:
                 continue
-            if link._per_connection_compression:
-                link.sendMessage(data, binary)
-                continue
             key = link.compression_key
-            wire = framed.get(key)
+            if key is None:
+                if prepared is None:
+                    prepared = link.factory.prepareMessage(data, binary)
+                link.sendPreparedMessage(prepared)
+                continue
+            wire = compressed.get(key)
             if wire is None:
-                if key is None:
-                    wire = frame(data, binary)
-                else:
-                    wire = frame(deflate(data, *key), binary, compressed=True)
-                framed[key] = wire
+                wire = compressed[key] = compressed_frame(deflate(data, *key), binary)
             link.sendData(wire)

@@ -172,3 +172,44 @@ def test_a_refused_native_client_still_gets_its_subprotocol_and_the_reason(facto
         "type": "error", "code": "bad_name", "reason": "The nickname 'improto' is reserved."
     }
     assert wsframes.close_code(frames[1][1]) == 1008
+
+
+def test_uncompressed_members_share_one_prepared_frame(factory, monkeypatch):
+    prepared = []
+    prepare = factory.prepareMessage
+
+    def spy(payload, isBinary=False, doNotCompress=False):
+        prepared.append(prepare(payload, isBinary, doNotCompress))
+        return prepared[-1]
+
+    monkeypatch.setattr(factory, "prepareMessage", spy)
+    alice = Client(factory, "/ws/alice")
+    members = [Client(factory, f"/ws/m{i}") for i in range(3)]
+    for c in members + [alice]:
+        c.raw()
+    alice.send("hello, all")
+    wires = [m.raw() for m in members]
+    [message] = prepared
+    assert wires[0] == wires[1] == wires[2] == message.payloadHybi
+    [(opcode, payload, compressed)] = wsframes.parse_frames(wires[0])
+    assert opcode == 1 and not compressed and json.loads(payload)["msg"] == "hello, all"
+
+
+def test_a_member_that_stops_reading_is_dropped_after_max_backlog(caplog_events):
+    backend = MemoryBackend()
+    backend.start()
+    router = Router(backend, limits=RouterLimits(max_message_size=1000))
+    factory = ChatServerFactory(router, Settings(max_backlog=2000), MemoryReactorClock())
+    alice, slow, reader = (Client(factory, f"/ws/{n}") for n in ("alice", "slow", "reader"))
+    for c in (alice, slow, reader):
+        c.raw()
+    assert slow.transport.producer is slow.protocol
+    slow.protocol.pauseProducing()  # what Twisted does when the kernel buffer is full
+    for i in range(20):
+        alice.send("x" * 180 + f"{i:03}")
+    assert slow.transport.disconnected
+    queued = slow.raw()
+    assert len(queued) <= 2000 and 0 < len(wsframes.parse_frames(queued)) < 20
+    assert len(reader.messages()) == 20
+    drops = [e for e in caplog_events if "stopped reading" in e.get("log_format", "")]
+    assert len(drops) == 1
