@@ -34,6 +34,13 @@ class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     and sharing one framed (and compressed) broadcast with its peers.
     """
 
+    #: Chat frames are small and must not wait for Nagle's algorithm. Set on
+    #: the class, not through the factory: Autobahn's ``connectionMade``
+    #: calls ``setTcpNoDelay(self.tcpNoDelay)`` before ``_connectionMade``
+    #: copies the factory's options, so only a protocol attribute reaches
+    #: the socket, and then before the opening handshake's response.
+    tcpNoDelay = True
+
     #: A TCP (or TLS) transport: producer registration and abortConnection.
     transport: Any
     _session: Session | None = None
@@ -47,12 +54,6 @@ class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     _dropping = False
 
     def onOpen(self) -> None:
-        # Autobahn reads its tcpNoDelay setting before copying it from the
-        # factory, so server sockets never get it; chat frames are small and
-        # must not wait for Nagle's algorithm.
-        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
-        if set_no_delay is not None:
-            set_no_delay(True)
         pmce = self._perMessageCompress
         if isinstance(pmce, PerMessageDeflate) and pmce.server_no_context_takeover:
             self.compression_key = (pmce.server_max_window_bits, pmce.mem_level)

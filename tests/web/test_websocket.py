@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
+import pytest_twisted
 from twisted.internet.error import ConnectionDone
+from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
@@ -213,3 +216,63 @@ def test_a_member_that_stops_reading_is_dropped_after_max_backlog(caplog_events)
     assert len(reader.messages()) == 20
     drops = [e for e in caplog_events if "stopped reading" in e.get("log_format", "")]
     assert len(drops) == 1
+
+
+@pytest.mark.parametrize("served_by", ["twisted.web", "factory"])
+@pytest_twisted.ensureDeferred
+async def test_an_accepted_socket_has_tcp_nodelay_before_the_handshake_response(served_by):
+    """
+    Nothing the server writes waits for Nagle's algorithm (and the client's
+    delayed ACK). Behind twisted.web, its HTTP channel sets TCP_NODELAY on
+    accepting; a factory listened on directly gets it from Autobahn's own
+    connectionMade, through LinkProtocol.tcpNoDelay.
+    """
+    from autobahn.twisted.resource import WebSocketResource
+    from twisted.internet import reactor
+    from twisted.internet.protocol import ClientFactory, Protocol
+    from twisted.web.resource import Resource
+    from twisted.web.server import Site
+
+    from improto.web.chat import ChatServerProtocol
+
+    seen: list[int] = []
+
+    class Recording(ChatServerProtocol):
+        def sendData(self, data, sync=False, chopsize=None):
+            if not seen:
+                assert data.startswith(b"HTTP/1.1 101")
+                sock = self.transport.getHandle()
+                seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            super().sendData(data, sync, chopsize)
+
+    backend = MemoryBackend()
+    backend.start()
+    factory = ChatServerFactory(Router(backend), Settings(), reactor)
+    factory.protocol = Recording
+    if served_by == "twisted.web":
+        root = Resource()
+        root.putChild(b"ws", WebSocketResource(factory))
+        port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
+    else:
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    received = bytearray()
+
+    class Raw(Protocol):
+        def connectionMade(self):
+            self.transport.write(wsframes.handshake("/ws/alice"))
+
+        def dataReceived(self, data):
+            received.extend(data)
+
+    client_factory = ClientFactory()
+    client_factory.protocol = Raw
+    connector = reactor.connectTCP("127.0.0.1", port.getHost().port, client_factory)
+    try:
+        deadline = reactor.seconds() + 10
+        while b"\r\n\r\n" not in received and reactor.seconds() < deadline:
+            await deferLater(reactor, 0.01, lambda: None)
+        assert received.startswith(b"HTTP/1.1 101")
+        assert seen and seen[0] != 0, "TCP_NODELAY is off when the 101 response is written"
+    finally:
+        connector.disconnect()
+        await port.stopListening()
