@@ -7,7 +7,8 @@ with its peers, and watches backpressure so a client that stops reading
 is dropped instead of buffered for without bound.
 
 Importing it installs :mod:`improto.web.quiet` (Autobahn formats no debug-log
-text that nobody logs); that is the only change to Autobahn's behaviour.
+text that nobody logs, and frame writes skip its per-frame ``log.debug``
+call); that is the only change to Autobahn's behaviour.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import txaio
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.util import encode_truncate
 from autobahn.websocket.compress import PerMessageDeflate
@@ -26,6 +28,8 @@ from improto.web.framing import compressed_frame, deflate
 
 _log = Logger()
 quiet.install()
+_OPEN = WebSocketServerProtocol.STATE_OPEN
+_DEBUG_LEVELS = frozenset(("debug", "trace"))
 
 
 class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
@@ -43,6 +47,8 @@ class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
 
     #: A TCP (or TLS) transport: producer registration and abortConnection.
     transport: Any
+    #: Set by Autobahn's _connectionMade (from the factory's options).
+    logOctets: bool
     _session: Session | None = None
     #: (window bits, mem level) when our frames are context-free deflate,
     #: so that one compressed frame may be shared; None when uncompressed.
@@ -84,8 +90,17 @@ class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         self._paused = False
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
-        # The only Autobahn method improto overrides: everything written,
-        # handshake and close included, counts towards the backlog.
+        """
+        The one Autobahn method improto overrides. Everything written,
+        handshake and close included, counts towards the backlog.
+
+        An unqueued write on an open connection is Autobahn's own
+        ``sendData`` minus its ``log.debug`` call (whose arguments cost
+        more than the write: ``benchmarks/micro.py``), as a broadcast
+        writes one frame per member; anything else, and everything while
+        debug logging is on, is Autobahn's. The source it re-states is
+        hash-pinned in ``tests/web/test_autobahn_quiet.py``.
+        """
         if self._dropping:
             return
         if self._paused:
@@ -93,7 +108,19 @@ class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             if self._backlog > self.factory.options.max_backlog:
                 self._drop_slow_consumer()
                 return
-        super().sendData(data, sync, chopsize)
+        if (
+            sync
+            or chopsize
+            or self.send_queue
+            or self.logOctets
+            or self.state != _OPEN
+            or not quiet.active
+            or txaio.get_global_log_level() in _DEBUG_LEVELS  # type: ignore[attr-defined]
+        ):
+            super().sendData(data, sync, chopsize)
+            return
+        self.transport.write(data)
+        self.trafficStats.outgoingOctetsWireLevel += len(data)
 
     def _drop_slow_consumer(self) -> None:
         if self._dropping:

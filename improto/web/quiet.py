@@ -21,9 +21,12 @@ that call them (:data:`PATCHED`):
   log observer renders it (Autobahn's own ``_LazyHexFormatter`` idiom);
   anything else, as ``Timings.__str__``'s dict, is formatted at once.
 
-No Autobahn method is re-stated or skipped and no private attribute is
-read, so whatever an upgrade adds to Autobahn's methods still runs; with
-debug logging on, the logged text is the same. ``hlval`` is left alone: it
+No Autobahn method is re-stated or skipped here and no private attribute
+is read, so whatever an upgrade adds to Autobahn's methods still runs;
+with debug logging on, the logged text is the same. The one method improto
+does re-state, for the per-frame ``log.debug`` call itself, is the
+open-connection path of ``sendData`` (``LinkProtocol.sendData``, while
+:data:`active`), hash-pinned like ``hltype``. ``hlval`` is left alone: it
 is an f-string (~0.07 µs) unless ``click`` is installed.
 
 What this relies on is pinned by ``tests/web/test_autobahn_quiet.py``: the
@@ -104,6 +107,11 @@ def lazy_pformat(obj: Any, *args: Any, **kwargs: Any) -> Any:
 
 REBOUND: dict[str, Callable[..., Any]] = {"hltype": memo_hltype, "pformat": lazy_pformat}
 
+#: Whether improto's writes skip Autobahn's per-frame ``log.debug`` call
+#: (``LinkProtocol.sendData``); on with :func:`install`, off with
+#: :func:`uninstall`, so that "stock" in the benchmarks is all stock.
+active = False
+
 
 def _bindings() -> list[tuple[Any, str]]:
     return [(importlib.import_module(m), name) for m, names in PATCHED.items() for name in names]
@@ -116,6 +124,8 @@ def install() -> list[str]:
     returned, with a warning: the server runs as on stock Autobahn, and the
     tests fail until this module is re-reviewed.
     """
+    global active
+    active = True
     skipped = []
     for module, name in _bindings():
         current = getattr(module, name, None)
@@ -136,6 +146,8 @@ def install() -> list[str]:
 
 def uninstall() -> None:
     """Stock Autobahn again (benchmarks' "before", tests)."""
+    global active
+    active = False
     for module, name in _bindings():
         if getattr(module, name, None) is REBOUND[name]:
             setattr(module, name, STOCK[name])

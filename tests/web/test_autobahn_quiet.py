@@ -41,6 +41,9 @@ LOG_METHODS = {"debug", "info", "warn", "error", "critical", "failure", "trace"}
 NOT_LOGGED = {("autobahn.websocket.protocol", "pformat", "Timings.__str__")}
 #: sha256 of the source of the functions whose result memo_hltype remembers
 #: (their text must depend on the function or class alone), as reviewed.
+#: sha256 of Autobahn's sendData, whose open-connection path LinkProtocol.sendData
+#: re-states without the log.debug call, as reviewed.
+REVIEWED_SEND_DATA = "5dcca425b048b07eb27d56a625a790d7a8e48fbe958753074cb1e55e174b2423"
 REVIEWED_HLTYPE = "243cd21fc85579c400326e837d9a1f94322139fab494b1fbcb37654dcd285199"
 
 
@@ -198,6 +201,62 @@ def test_install_leaves_a_helper_it_does_not_know_and_says_so(stock, monkeypatch
     assert quiet.install() == ["autobahn.twisted.websocket.hltype"]
     assert module.hltype is foreign and not quiet.installed()
     assert any("quiet.py knows" in e.get("log_format", "") for e in caplog_events)
+
+
+def test_send_data_is_the_reviewed_one() -> None:
+    from autobahn.websocket.protocol import WebSocketProtocol
+
+    source = inspect.getsource(WebSocketProtocol.sendData)
+    assert hashlib.sha256(source.encode()).hexdigest() == REVIEWED_SEND_DATA, (
+        f"{REVIEW}: Autobahn's sendData changed; LinkProtocol.sendData re-states its "
+        "open-connection path"
+    )
+
+
+def autobahn_send_data_calls(debug: bool) -> tuple[int, bytes, int]:
+    """Calls of Autobahn's sendData for one text frame to an open improto
+    connection, and what was written and counted."""
+    from autobahn.websocket.protocol import WebSocketProtocol
+
+    from improto.backends.memory import MemoryBackend
+    from improto.router import Router
+    from improto.settings import Settings
+    from improto.web.chat import ChatServerFactory
+
+    backend = MemoryBackend()
+    backend.start()
+    factory = ChatServerFactory(Router(backend), Settings(), MemoryReactorClock())
+    protocol = factory.buildProtocol(None)
+    transport = LenientTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(wsframes.handshake("/ws/alice"))
+    transport.clear()
+    counted = protocol.trafficStats.outgoingOctetsWireLevel
+    calls = []
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code is WebSocketProtocol.sendData.__code__:
+            calls.append(1)
+
+    txaio.set_global_log_level("debug" if debug else "info")
+    sys.setprofile(profile)
+    try:
+        protocol.send_frame(b"hello", False)
+    finally:
+        sys.setprofile(None)
+        txaio.set_global_log_level("info")
+    return len(calls), transport.value(), protocol.trafficStats.outgoingOctetsWireLevel - counted
+
+
+def test_an_open_connection_writes_without_autobahns_send_data_unless_debugging() -> None:
+    fast, debugging = autobahn_send_data_calls(False), autobahn_send_data_calls(True)
+    quiet.uninstall()
+    try:
+        stock = autobahn_send_data_calls(False)
+    finally:
+        quiet.install()
+    assert (fast[0], debugging[0], stock[0]) == (0, 1, 1)
+    assert fast[1:] == debugging[1:] == stock[1:] == (bytes((0x81, 5)) + b"hello", 7)
 
 
 # -- what it does ------------------------------------------------------------------------
