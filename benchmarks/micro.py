@@ -1,15 +1,23 @@
 """
 Micro-benchmark of the Autobahn layer on a StringTransport (no sockets).
 
-Compares, per frame and per connection, Autobahn's stock
-``WebSocketServerProtocol`` with the same protocol plus improto's
-``QuietLoggingMixin`` (both with callbacks that do nothing, so the
-difference is Autobahn's own cost that the mixin removes); then improto's
-real ``ChatServerProtocol`` (router and in-memory backend included) with
-the mixin's methods pointed back at Autobahn's vs as shipped; then how an
-improto connection's cost grows with the number of members in the lobby.
+Compares, per frame and per connection, stock Autobahn with Autobahn plus
+improto's one mitigation, ``improto.web.quiet`` (lazy debug-log arguments):
+first a ``WebSocketServerProtocol`` with callbacks that do nothing (so the
+difference is Autobahn's own cost that the mitigation removes), then
+improto's real ``ChatServerProtocol`` (router and in-memory backend
+included). Each pair runs the very same classes, ``quiet.uninstall()`` for
+"stock" and ``quiet.install()`` for "improto": they differ in nothing else
+(backpressure included). Then how an improto connection's cost grows with
+the number of members in the lobby.
 
-    python benchmarks/micro.py [--quick] [--json] [--no-boost]
+``--options`` instead compares, on the bare protocol, the ways to make
+Autobahn's logging cheaper that do not re-state its methods (the numbers
+in ``docs/upstream/README.md``). Run with ``PYTHONPATH`` pointing at an
+Autobahn with ``docs/upstream/autobahn-lazy-debug-log.patch`` applied, the
+"stock" column is that patched Autobahn.
+
+    python benchmarks/micro.py [--quick] [--json] [--no-boost] [--options]
 """
 
 from __future__ import annotations
@@ -27,7 +35,8 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
-from improto.web.quiet import QuietLoggingMixin
+import improto.web.link  # noqa: F401 - installs improto.web.quiet, as the server does
+from improto.web import quiet
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
 PAYLOAD = json.dumps({"username": "alice", "msg": "hello, world - 0123456789"}).encode()
@@ -59,12 +68,6 @@ def client_frame(payload: bytes, opcode: int = 1) -> bytes:
     return header + mask + masked
 
 
-def server_frame(payload: bytes) -> bytes:
-    n = len(payload)
-    assert n < 126
-    return bytes((0x81, n)) + payload
-
-
 CLOSE_FRAME = client_frame((1000).to_bytes(2, "big"), opcode=8)
 
 
@@ -91,8 +94,32 @@ class StockProtocol(WebSocketServerProtocol):
         pass
 
 
-class QuietProtocol(QuietLoggingMixin, StockProtocol):
-    """The same, with improto's mixin."""
+class _NullLogger:
+    """A txaio-Logger-like object on which every level is a no-op."""
+
+    def _no_op(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    debug = info = warn = error = critical = failure = trace = _no_op
+
+
+class NullLoggerProtocol(StockProtocol):
+    """Option (b): ``log`` is a null logger (the arguments are still built)."""
+
+    log = _NullLogger()
+
+
+def stock_autobahn(fn: Callable[[], float]) -> Callable[[], float]:
+    """``fn`` run on stock Autobahn: improto's mitigation undone meanwhile."""
+
+    def run() -> float:
+        quiet.uninstall()
+        try:
+            return fn()
+        finally:
+            quiet.install()
+
+    return run
 
 
 def make_factory(protocol: type[WebSocketServerProtocol]) -> WebSocketServerFactory:
@@ -157,14 +184,15 @@ def bench_frames_in(factory: Any, n: int, per_read: int) -> float:
     return elapsed / (reads * per_read)
 
 
-def bench_send_data(factory: Any, n: int) -> float:
-    """Seconds per prepared frame written with sendData (improto's broadcast)."""
+def bench_send_prepared(factory: Any, n: int) -> float:
+    """Seconds per prepared frame written (improto's uncompressed broadcast:
+    ``sendPreparedMessage``, which is ``sendData`` of the framed bytes)."""
     proto, transport = open_protocol(factory)
-    wire = server_frame(PAYLOAD)
-    send = proto.sendData
+    prepared = factory.prepareMessage(PAYLOAD)
+    send = proto.sendPreparedMessage
     t0 = time.perf_counter()
     for i in range(n):
-        send(wire)
+        send(prepared)
         if i & 1023 == 0:
             transport.clear()
     elapsed = time.perf_counter() - t0
@@ -191,19 +219,7 @@ def bench_send_message(factory: Any, n: int) -> float:
 # -- improto's own protocol, router included ----------------------------------
 
 
-def without_quiet_mixin(cls: type) -> type:
-    """
-    A subclass of ``cls`` on which every method that improto's
-    QuietLoggingMixin re-states is Autobahn's own again ("before").
-    """
-    stock = type(f"Stock{cls.__name__}", (cls,), {})
-    for name, value in vars(QuietLoggingMixin).items():
-        if callable(value) and not name.startswith("__") and hasattr(WebSocketServerProtocol, name):
-            setattr(stock, name, getattr(WebSocketServerProtocol, name))
-    return stock
-
-
-def improto_factory(stock_autobahn: bool = False) -> Any:
+def improto_factory() -> Any:
     from twisted.internet import reactor
 
     from improto.backends.memory import MemoryBackend
@@ -215,10 +231,7 @@ def improto_factory(stock_autobahn: bool = False) -> Any:
     backend = MemoryBackend()
     backend.start()
     router = Router(backend, limits=RouterLimits(rate=0, burst=0))
-    factory = ChatServerFactory(router, settings, reactor)
-    if stock_autobahn:
-        factory.protocol = without_quiet_mixin(factory.protocol)
-    return factory
+    return ChatServerFactory(router, settings, reactor)
 
 
 def bench_improto_group_in(factory: Any, n: int, members: int) -> float:
@@ -289,36 +302,34 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     n_frames = 5_000 if quick else 10_000
     n_conns = 300 if quick else 500
     repeats = 5 if quick else 9
-    stock = make_factory(StockProtocol)
-    quiet = make_factory(QuietProtocol)
-    chat_stock = improto_factory(stock_autobahn=True)
+    bare_factory = make_factory(StockProtocol)
     chat = improto_factory()
     rows: list[dict[str, Any]] = []
 
-    def pair(group: str, name: str, unit: str, fn: Callable[[Any], float], a: Any, b: Any) -> None:
-        s, q = best_of_pair(repeats, lambda: fn(a), lambda: fn(b))
+    def pair(group: str, name: str, unit: str, fn: Callable[[Any], float], f: Any) -> None:
+        s, q = best_of_pair(repeats, stock_autobahn(lambda: fn(f)), lambda: fn(f))
         rows.append({"group": group, "op": name, "unit": unit, "stock_us": s * 1e6,
                      "quiet_us": q * 1e6})
 
     bare = "Autobahn WebSocketServerProtocol, no-op callbacks"
     pair(bare, "handshake + close", "conn",
-         lambda f: bench_handshake(f, n_conns, lambda i: f"/ws/u{i}"), stock, quiet)
+         lambda f: bench_handshake(f, n_conns, lambda i: f"/ws/u{i}"), bare_factory)
     pair(bare, "frame in, 1 per read", "frame", lambda f: bench_frames_in(f, n_frames, 1),
-         stock, quiet)
+         bare_factory)
     pair(bare, "frame in, 20 per read", "frame", lambda f: bench_frames_in(f, n_frames, 20),
-         stock, quiet)
-    pair(bare, "prepared frame out (sendData)", "frame", lambda f: bench_send_data(f, n_frames),
-         stock, quiet)
+         bare_factory)
+    pair(bare, "prepared frame out (sendPreparedMessage)", "frame",
+         lambda f: bench_send_prepared(f, n_frames), bare_factory)
     pair(bare, "sendMessage out (framed each time)", "frame",
-         lambda f: bench_send_message(f, n_frames), stock, quiet)
+         lambda f: bench_send_message(f, n_frames), bare_factory)
     full = "improto ChatServerProtocol + router + memory backend"
     pair(full, "handshake + close (joins lobby)", "conn",
-         lambda f: bench_handshake(f, n_conns, lambda i: f"/ws/u{i}"), chat_stock, chat)
+         lambda f: bench_handshake(f, n_conns, lambda i: f"/ws/u{i}"), chat)
     pair(full, "private message in, 1 out", "msg",
-         lambda f: bench_improto_private_in(f, n_frames), chat_stock, chat)
+         lambda f: bench_improto_private_in(f, n_frames), chat)
     members = 100
     pair(full, f"group message in, {members} out", "msg",
-         lambda f: bench_improto_group_in(f, n_frames // 50, members), chat_stock, chat)
+         lambda f: bench_improto_group_in(f, n_frames // 50, members), chat)
 
     # How the cost of a connection grows with the lobby (improto as shipped).
     scale = "improto handshake + close vs members already in the lobby"
@@ -333,6 +344,59 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     return rows
 
 
+def run_options(quick: bool = False) -> list[dict[str, Any]]:
+    """
+    The bare protocol under each way to make Autobahn's logging cheap without
+    re-stating its methods; "stock" is whatever Autobahn is imported.
+    """
+    import txaio
+
+    n_frames = 5_000 if quick else 10_000
+    n_conns = 300 if quick else 500
+    repeats = 5 if quick else 9
+    plain, null = make_factory(StockProtocol), make_factory(NullLoggerProtocol)
+
+    def at_level(level: str, fn: Callable[[], float]) -> Callable[[], float]:
+        def run() -> float:
+            txaio.set_global_log_level(level)
+            try:
+                return fn()
+            finally:
+                txaio.set_global_log_level("info")
+
+        return run
+
+    ops: list[tuple[str, Callable[[Any], float]]] = [
+        ("handshake + close /conn", lambda f: bench_handshake(f, n_conns, "/ws/u{}".format)),
+        ("frame in, 1 per read /frame", lambda f: bench_frames_in(f, n_frames, 1)),
+        ("prepared frame out /frame", lambda f: bench_send_prepared(f, n_frames)),
+    ]
+    rows = []
+    for op, fn in ops:
+        variants = {
+            "stock": stock_autobahn(functools.partial(fn, plain)),
+            "txaio level critical": stock_autobahn(at_level("critical", functools.partial(fn, plain))),
+            "null logger": stock_autobahn(functools.partial(fn, null)),
+            "improto.web.quiet": functools.partial(fn, plain),
+        }
+        results: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(repeats):  # interleaved, so that drift hits all alike
+            for name, variant in variants.items():
+                gc.collect()
+                results[name].append(variant())
+        rows.append({"op": op, **{name: min(r) * 1e6 for name, r in results.items()}})
+    return rows
+
+
+def format_options(rows: list[dict[str, Any]]) -> str:
+    names = [k for k in rows[0] if k != "op"]
+    lines = ["µs per operation (best of repeats), bare WebSocketServerProtocol",
+             f"  {'':<30}" + "".join(f"{n:>22}" for n in names)]
+    for r in rows:
+        lines.append(f"  {r['op']:<30}" + "".join(f"{r[n]:22.2f}" for n in names))
+    return "\n".join(lines)
+
+
 def format_rows(rows: list[dict[str, Any]]) -> str:
     lines = [f"{'µs per operation (best of repeats)':<52} {'stock':>9} {'improto':>9} {'ratio':>7}"]
     group = None
@@ -340,7 +404,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
         if r.get("group") != group:
             group = r.get("group")
             paired = r["stock_us"] is not None
-            lines.append(f"{group}:" + ("  stock Autobahn methods vs with improto's QuietLoggingMixin"
+            lines.append(f"{group}:" + ("  stock Autobahn vs with improto.web.quiet"
                                         if paired else ""))
         s, q = r["stock_us"], r["quiet_us"]
         if s is None:
@@ -355,11 +419,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", action="store_true", help="print JSON rows")
     parser.add_argument("--no-boost", action="store_true", help="see run.py --no-boost")
+    parser.add_argument("--options", action="store_true",
+                        help="compare the ways to quiet Autobahn's logging (docs/upstream)")
     args = parser.parse_args()
     import harness
 
     harness.boost(not args.no_boost)
     harness.pin_to_server_cpu()
+    if args.options:
+        rows = run_options(args.quick)
+        print(json.dumps(rows) if args.json else format_options(rows))
+        return
     rows = run(args.quick)
     if args.json:
         json.dump(rows, sys.stdout)

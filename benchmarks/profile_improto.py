@@ -1,5 +1,5 @@
 """
-Profile the improto server under load, with and without the quiet mixin.
+Profile the improto server under load, on stock Autobahn and as shipped.
 
     python benchmarks/profile_improto.py [--quick] [--top 20] [--only fanout,churn,private]
         [--variants stock-autobahn,improto] [--profiler auto|py-spy|cprofile] [--keep DIR]
@@ -9,8 +9,9 @@ improto``, pinned to CPU 0), the load generator drives it from CPU 1, and
 the functions with the most CPU time are printed per operation (delivered
 frame, connection, private message):
 
-* ``stock-autobahn``: every method that ``improto/_autobahn_quiet.py``
-  re-states is pointed back at Autobahn's own ("before");
+* ``stock-autobahn``: ``improto.web.quiet`` undone (``quiet.uninstall()``,
+  ``servers/improto_server.py --stock-autobahn``): the same server,
+  backpressure and all, with Autobahn's eager debug-log formatting ("before");
 * ``improto``: the server as shipped ("after").
 
 Profilers: ``py-spy`` (sampling from outside the process: no overhead in
@@ -19,7 +20,8 @@ installed, else ``cprofile`` (deterministic: exact calls per operation, but
 it adds about a microsecond to every Python call on this machine, which
 inflates functions that are called often). The summary at the end of each
 block adds up what Autobahn spends on debug-log arguments that are never
-logged.
+logged (and on the "message" event nobody listens to, which improto no
+longer avoids).
 """
 
 from __future__ import annotations

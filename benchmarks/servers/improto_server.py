@@ -5,8 +5,10 @@ Run improto exactly as deployed (``twistd -n improto``), for the benchmarks.
 
 ``--profile FILE``: SIGUSR1 starts cProfile (clock: process CPU time, or
 wall with ``--profile-clock wall``), SIGUSR2 stops it and writes FILE. ``--stock-autobahn`` undoes
-``improto.web.quiet``: every method the mixin re-states is pointed
-back at Autobahn's own, to measure what the mixin buys ("before").
+``improto.web.quiet`` (``quiet.uninstall()``): the same server on stock
+Autobahn, to measure what it buys ("before"). ``--tcp-nodelay`` is a no-op
+kept for old command lines: twisted.web's HTTP channel sets TCP_NODELAY on
+every accepted socket, and improto's ``LinkProtocol.tcpNoDelay`` again.
 """
 
 from __future__ import annotations
@@ -16,38 +18,23 @@ import sys
 
 
 def use_stock_autobahn() -> None:
-    from autobahn.twisted.websocket import WebSocketServerProtocol
+    """Undo improto's only Autobahn mitigation (lazy debug-log arguments)."""
+    import improto.web.link  # noqa: F401 - installs the mitigation
+    from improto.web import quiet
 
-    from improto import websocket
-    from improto.web.quiet import QuietLoggingMixin
-
-    class StockAutobahnChatProtocol(websocket.ChatServerProtocol):
-        pass
-
-    for cls in QuietLoggingMixin.__mro__:
-        if cls is object:
-            continue
-        for name, value in vars(cls).items():
-            if callable(value) and not name.startswith("__") and hasattr(
-                WebSocketServerProtocol, name
-            ):
-                setattr(StockAutobahnChatProtocol, name, getattr(WebSocketServerProtocol, name))
-    websocket.ChatServerFactory.protocol = StockAutobahnChatProtocol
+    quiet.uninstall()
 
 
-def use_tcp_nodelay() -> None:
-    """Experiment: set TCP_NODELAY on chat connections (Autobahn means to, see README)."""
-    from improto import websocket
+def find_plugin() -> None:
+    """Let twistd find the improto plugin of this tree when it is not installed
+    as a wheel (an editable install does not put it in ``twisted/plugins``)."""
+    from pathlib import Path
 
-    class NoDelayChatProtocol(websocket.ChatServerProtocol):
-        def connectionMade(self) -> None:
-            try:
-                self.transport.setTcpNoDelay(True)
-            except Exception:
-                pass
-            super().connectionMade()
+    import twisted.plugins
 
-    websocket.ChatServerFactory.protocol = NoDelayChatProtocol
+    plugins = Path(__file__).resolve().parents[2] / "plugins"
+    if (plugins / "improto_twistd.py").exists() and str(plugins) not in twisted.plugins.__path__:
+        twisted.plugins.__path__.append(str(plugins))
 
 
 def main() -> None:
@@ -60,10 +47,9 @@ def main() -> None:
     parser.add_argument("--tcp-nodelay", action="store_true")
     parser.add_argument("--rate", default="0")
     args = parser.parse_args()
+    find_plugin()
     if args.stock_autobahn:
         use_stock_autobahn()
-    if args.tcp_nodelay:
-        use_tcp_nodelay()
     from twisted.scripts.twistd import run
 
     sys.argv = [

@@ -1,10 +1,17 @@
 """
-Frames we build ourselves, and the permessage-deflate terms we accept.
+The one frame we build ourselves, and the permessage-deflate terms we accept.
 
 A group broadcast is framed (and compressed) once per compression setting
-and the same bytes are written to every member. For that to be valid, every
-compressed frame we send must be compressed on its own, so chat routes
-insist on ``server_no_context_takeover`` (RFC 7692 section 7.1.1.1).
+and the same bytes are written to every member. Uncompressed, that is
+Autobahn's public ``prepareMessage`` / ``sendPreparedMessage``. Compressed,
+Autobahn cannot do it: ``sendPreparedMessage`` on a connection with
+permessage-deflate calls ``sendMessage``, which compresses the payload
+again for every connection, with that connection's compressor. So the
+shared compressed frame is ours: :func:`deflate` compresses the message on
+its own and :func:`compressed_frame` frames it with RSV1 set. For those
+bytes to be valid on every connection, every compressed frame we send must
+be compressed without context, so chat routes insist on
+``server_no_context_takeover`` (RFC 7692 section 7.1.1.1).
 """
 
 from __future__ import annotations
@@ -16,9 +23,10 @@ from typing import Any
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 
 
-def frame(payload: bytes, binary: bool, compressed: bool = False) -> bytes:
-    """One unmasked, unfragmented server frame (RFC 6455 section 5.2)."""
-    first = 0x80 | (0x40 if compressed else 0) | (0x2 if binary else 0x1)
+def compressed_frame(payload: bytes, binary: bool) -> bytes:
+    """One unmasked, unfragmented server frame of a deflated message, RSV1 set
+    (RFC 6455 section 5.2, RFC 7692 section 6)."""
+    first = 0x80 | 0x40 | (0x2 if binary else 0x1)
     length = len(payload)
     if length < 126:
         header = bytes((first, length))

@@ -5,6 +5,10 @@ It is the router's ``SessionLink`` for one connection: it writes frames,
 closes with the close codes a server needs, shares one framed broadcast
 with its peers, and watches backpressure so a client that stops reading
 is dropped instead of buffered for without bound.
+
+Importing it installs :mod:`improto.web.quiet` (Autobahn formats no debug-log
+text that nobody logs, and frame writes skip its per-frame ``log.debug``
+call); that is the only change to Autobahn's behaviour.
 """
 
 from __future__ import annotations
@@ -12,30 +16,43 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import txaio
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.util import encode_truncate
 from autobahn.websocket.compress import PerMessageDeflate
 from twisted.logger import Logger
 
 from improto.router import Router, Session
-from improto.web.framing import deflate, frame
-from improto.web.quiet import QuietLoggingMixin
+from improto.web import quiet
+from improto.web.framing import compressed_frame, deflate
 
 _log = Logger()
+quiet.install()
+_OPEN = WebSocketServerProtocol.STATE_OPEN
+_DEBUG_LEVELS = frozenset(("debug", "trace"))
 
 
-class LinkProtocol(QuietLoggingMixin, WebSocketServerProtocol):  # type: ignore[misc]
+class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     """
     What every improto connection shares: being a router ``SessionLink``,
     and sharing one framed (and compressed) broadcast with its peers.
     """
 
+    #: Chat frames are small and must not wait for Nagle's algorithm. Set on
+    #: the class, not through the factory: Autobahn's ``connectionMade``
+    #: calls ``setTcpNoDelay(self.tcpNoDelay)`` before ``_connectionMade``
+    #: copies the factory's options, so only a protocol attribute reaches
+    #: the socket, and then before the opening handshake's response.
+    tcpNoDelay = True
+
+    #: A TCP (or TLS) transport: producer registration and abortConnection.
+    transport: Any
+    #: Set by Autobahn's _connectionMade (from the factory's options).
+    logOctets: bool
     _session: Session | None = None
     #: (window bits, mem level) when our frames are context-free deflate,
     #: so that one compressed frame may be shared; None when uncompressed.
     compression_key: tuple[int, int] | None = None
-    #: True when deflate keeps context: every frame is compressed per link.
-    _per_connection_compression = False
     #: Set while the kernel will not take more bytes for this client.
     _paused = False
     #: Bytes queued for this client since it stopped reading.
@@ -43,17 +60,9 @@ class LinkProtocol(QuietLoggingMixin, WebSocketServerProtocol):  # type: ignore[
     _dropping = False
 
     def onOpen(self) -> None:
-        # Autobahn reads its tcpNoDelay setting before copying it from the
-        # factory, so server sockets never get it; chat frames are small and
-        # must not wait for Nagle's algorithm.
-        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
-        if set_no_delay is not None:
-            set_no_delay(True)
         pmce = self._perMessageCompress
         if isinstance(pmce, PerMessageDeflate) and pmce.server_no_context_takeover:
             self.compression_key = (pmce.server_max_window_bits, pmce.mem_level)
-        elif pmce is not None:
-            self._per_connection_compression = True
         self._watch_backpressure()
         self._session = self.open_session(self.factory.router)
 
@@ -81,6 +90,17 @@ class LinkProtocol(QuietLoggingMixin, WebSocketServerProtocol):  # type: ignore[
         self._paused = False
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        """
+        The one Autobahn method improto overrides. Everything written,
+        handshake and close included, counts towards the backlog.
+
+        An unqueued write on an open connection is Autobahn's own
+        ``sendData`` minus its ``log.debug`` call (whose arguments cost
+        more than the write: ``benchmarks/micro.py``), as a broadcast
+        writes one frame per member; anything else, and everything while
+        debug logging is on, is Autobahn's. The source it re-states is
+        hash-pinned in ``tests/web/test_autobahn_quiet.py``.
+        """
         if self._dropping:
             return
         if self._paused:
@@ -88,7 +108,19 @@ class LinkProtocol(QuietLoggingMixin, WebSocketServerProtocol):  # type: ignore[
             if self._backlog > self.factory.options.max_backlog:
                 self._drop_slow_consumer()
                 return
-        super().sendData(data, sync, chopsize)
+        if (
+            sync
+            or chopsize
+            or self.send_queue
+            or self.logOctets
+            or self.state != _OPEN
+            or not quiet.active
+            or txaio.get_global_log_level() in _DEBUG_LEVELS  # type: ignore[attr-defined]
+        ):
+            super().sendData(data, sync, chopsize)
+            return
+        self.transport.write(data)
+        self.trafficStats.outgoingOctetsWireLevel += len(data)
 
     def _drop_slow_consumer(self) -> None:
         if self._dropping:
@@ -121,20 +153,25 @@ class LinkProtocol(QuietLoggingMixin, WebSocketServerProtocol):  # type: ignore[
 
     @classmethod
     def broadcast(cls, links: Sequence[Any], data: bytes, binary: bool) -> None:
-        """Frame (and compress) ``data`` once per compression setting."""
-        framed: dict[tuple[int, int] | None, bytes] = {}
+        """
+        Frame ``data`` once for all uncompressed links (Autobahn's
+        ``prepareMessage``; links that compress with context get it
+        compressed per link by ``sendPreparedMessage``), and compress and
+        frame it once per context-free compression setting (see
+        :mod:`improto.web.framing` for why that one is ours).
+        """
+        prepared: Any = None
+        compressed: dict[tuple[int, int], bytes] = {}
         for link in links:
             if link.state != WebSocketServerProtocol.STATE_OPEN:
                 continue
-            if link._per_connection_compression:
-                link.sendMessage(data, binary)
-                continue
             key = link.compression_key
-            wire = framed.get(key)
+            if key is None:
+                if prepared is None:
+                    prepared = link.factory.prepareMessage(data, binary)
+                link.sendPreparedMessage(prepared)
+                continue
+            wire = compressed.get(key)
             if wire is None:
-                if key is None:
-                    wire = frame(data, binary)
-                else:
-                    wire = frame(deflate(data, *key), binary, compressed=True)
-                framed[key] = wire
+                wire = compressed[key] = compressed_frame(deflate(data, *key), binary)
             link.sendData(wire)

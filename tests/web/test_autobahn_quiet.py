@@ -1,35 +1,54 @@
 """
-improto/_autobahn_quiet.py re-states Autobahn hot paths without their
-debug-log formatting; these tests pin that the behaviour is Autobahn's own.
+improto/web/quiet.py stops Autobahn from formatting debug-log text nobody
+logs. These tests pin what it relies on in the installed Autobahn (so that
+an upgrade that changes it fails here, loudly, instead of silently costing
+or breaking something), and that with it no debug text is formatted while
+debug logging is off and the same text is logged while it is on.
 """
 
 from __future__ import annotations
 
-import os
-import random
+import ast
+import hashlib
+import importlib
+import inspect
+import pprint
+import sys
+import textwrap
 from collections.abc import Iterator
+from typing import Any
 
+import autobahn
+import autobahn.util
 import pytest
 import txaio
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.xormasker import create_xor_masker
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
-from improto.web.quiet import QuietLoggingMixin, _create_xor_masker
+import improto.web.link  # noqa: F401 - installs the mitigation, as the server does
+from improto.web import quiet
 from tests import wsframes
 
+REVIEW = (
+    f"Autobahn {autobahn.__version__} changed what improto/web/quiet.py relies on: "
+    "re-review it (and docs/upstream/) against this version"
+)
+LOG_METHODS = {"debug", "info", "warn", "error", "critical", "failure", "trace"}
+#: The only pformat call that is not an argument of a log call (of a dict).
+NOT_LOGGED = {("autobahn.websocket.protocol", "pformat", "Timings.__str__")}
+#: sha256 of the source of the functions whose result memo_hltype remembers
+#: (their text must depend on the function or class alone), as reviewed.
+#: sha256 of Autobahn's sendData, whose open-connection path LinkProtocol.sendData
+#: re-states without the log.debug call, as reviewed.
+REVIEWED_SEND_DATA = "5dcca425b048b07eb27d56a625a790d7a8e48fbe958753074cb1e55e174b2423"
+REVIEWED_HLTYPE = "243cd21fc85579c400326e837d9a1f94322139fab494b1fbcb37654dcd285199"
 
-class Quiet(QuietLoggingMixin, WebSocketServerProtocol):
-    received: list[bytes]
 
-    def onOpen(self) -> None:
-        self.received = []
-
+class Echo(WebSocketServerProtocol):
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        self.received.append(payload)
         self.sendMessage(payload, isBinary)
 
 
@@ -38,21 +57,22 @@ class LenientTransport(StringTransport):
         self.producer = None
 
 
-def open_connection(factory: WebSocketServerFactory) -> tuple[Quiet, StringTransport]:
-    protocol = factory.buildProtocol(None)
-    transport = LenientTransport()
-    protocol.makeConnection(transport)
-    protocol.dataReceived(wsframes.handshake("/"))
-    assert transport.value().startswith(b"HTTP/1.1 101")
-    transport.clear()
-    return protocol, transport
-
-
 @pytest.fixture
 def factory() -> WebSocketServerFactory:
     factory = WebSocketServerFactory(reactor=MemoryReactorClock())
-    factory.protocol = Quiet
+    factory.protocol = Echo
     return factory
+
+
+@pytest.fixture
+def stock() -> Iterator[None]:
+    was_installed = quiet.installed()
+    quiet.uninstall()
+    try:
+        yield
+    finally:
+        if was_installed:
+            quiet.install()
 
 
 @pytest.fixture
@@ -64,71 +84,232 @@ def debug_logging() -> Iterator[None]:
         txaio.set_global_log_level("info")
 
 
-def test_the_integer_masker_matches_autobahns_across_split_reads() -> None:
-    rng = random.Random(1)
-    for _ in range(2000):
-        mask, size = os.urandom(4), rng.randint(0, 600)
-        data = os.urandom(size)
-        cuts = sorted(rng.sample(range(size + 1), min(3, size + 1)))
-        pieces = [data[i:j] for i, j in zip([0, *cuts], [*cuts, size], strict=True) if data[i:j]]
-        stock, ours = create_xor_masker(mask, size), _create_xor_masker(mask, size)
-        assert b"".join(map(stock.process, pieces)) == b"".join(map(ours.process, pieces))
-        assert stock.pointer() == ours.pointer() == size
+def a_connection(factory: WebSocketServerFactory, reason: Failure) -> StringTransport:
+    """Handshake, a frame in and out, a client close, then the TCP loss."""
+    protocol = factory.buildProtocol(None)
+    transport = LenientTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(wsframes.handshake("/"))
+    protocol.dataReceived(wsframes.client_frame(b"hello"))
+    protocol.dataReceived(wsframes.client_frame((1000).to_bytes(2, "big"), opcode=8))
+    protocol.connectionLost(reason)
+    return transport
 
 
-@pytest.mark.parametrize("size", [0, 5, 125, 126, 511, 512, 513, 70_000])
-def test_frames_in_and_out_are_unchanged(factory, size) -> None:
-    protocol, transport = open_connection(factory)
-    payload = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
-    half = wsframes.client_frame(payload, opcode=2)
-    protocol.dataReceived(half[:7])
-    protocol.dataReceived(half[7:])
-    assert protocol.received == [payload]
-    [(opcode, echoed, _)] = wsframes.parse_frames(transport.value())
-    assert (opcode, echoed) == (2, payload)
+#: The code that formats Autobahn's debug text (hlval, an f-string, aside).
+FORMATTERS = {
+    autobahn.util.hltype.__code__,
+    autobahn.util._qn.__code__,
+    pprint.pformat.__code__,
+}
 
 
-def test_a_listener_added_in_on_message_still_hears_that_message(factory) -> None:
-    heard: list[bytes] = []
+def formatting_calls(factory: WebSocketServerFactory) -> list[str]:
+    """Names of the debug-text formatters called during a_connection()."""
+    called: list[str] = []
 
-    class Adder(Quiet):
-        def onMessage(self, payload: bytes, isBinary: bool) -> None:
-            self.on("message", lambda payload, is_binary: heard.append(payload))
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code in FORMATTERS:
+            called.append(frame.f_code.co_qualname)
 
-    factory.protocol = Adder
-    protocol, _ = open_connection(factory)
-    protocol.dataReceived(wsframes.client_frame(b"first"))
-    assert heard == [b"first"]
-
-
-def test_connection_counts_return_to_zero(factory) -> None:
-    protocols = [open_connection(factory)[0] for _ in range(3)]
-    assert factory.countConnections == 3
-    for protocol in protocols:
-        protocol.connectionLost(Failure(ConnectionDone()))
-    assert factory.countConnections == 0
-
-
-def test_with_debug_logging_on_autobahn_logs_as_usual(factory, debug_logging) -> None:
-    events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
+    sys.setprofile(profile)
     try:
-        protocol, _ = open_connection(factory)
-        assert not protocol._quiet
-        protocol.sendMessage(b"hi")
+        a_connection(factory, Failure(ConnectionLost()))
     finally:
-        globalLogPublisher.removeObserver(events.append)
-    assert any("sent {data_len}" in event.get("log_format", "") for event in events)
+        sys.setprofile(None)
+    return called
+
+
+# -- what quiet.py relies on ---------------------------------------------------------------
+
+
+def test_the_helpers_it_rebinds_are_autobahns_own(stock) -> None:
+    for module_name, names in quiet.PATCHED.items():
+        module = importlib.import_module(module_name)
+        for name in names:
+            assert getattr(module, name, None) is quiet.STOCK[name], f"{module_name}.{name}: {REVIEW}"
+    assert str(inspect.signature(autobahn.util.hltype)) == "(obj)", REVIEW
+
+
+def hltype_source_hash() -> str:
+    source = "".join(inspect.getsource(f) for f in (autobahn.util.hltype, autobahn.util._qn))
+    return hashlib.sha256(source.encode()).hexdigest()
+
+
+def test_hltype_is_the_reviewed_one() -> None:
+    assert hltype_source_hash() == REVIEWED_HLTYPE, REVIEW
+
+
+def test_remembered_hltype_texts_are_autobahns() -> None:
+    class Sub(Echo):
+        pass
+
+    for obj in (Echo().sendData, Sub().sendData, Echo().onMessage, Sub, quiet.install, 42):
+        assert quiet.memo_hltype(obj) == autobahn.util.hltype(obj)
+        assert quiet.memo_hltype(obj) == autobahn.util.hltype(obj)
+
+
+def _enclosing_calls(tree: ast.AST) -> Iterator[tuple[str, ast.Call, list[ast.AST]]]:
+    """(qualified def name, call, ancestors) for every call in ``tree``."""
+
+    def walk(node: ast.AST, scope: list[str], ancestors: list[ast.AST]) -> Iterator[Any]:
+        for child in ast.iter_child_nodes(node):
+            inner = scope
+            if isinstance(child, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                inner = [*scope, child.name]
+            if isinstance(child, ast.Call):
+                yield ".".join(inner), child, ancestors
+            yield from walk(child, inner, [*ancestors, child])
+
+    yield from walk(tree, [], [])
+
+
+def _is_log_call(node: ast.AST) -> bool:
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in LOG_METHODS
+        and isinstance(node.func.value, ast.Attribute | ast.Name)
+        and (getattr(node.func.value, "attr", None) or getattr(node.func.value, "id", None)) == "log"
+    )
+
+
+def test_every_pformat_is_a_log_argument() -> None:
+    """A lazy result is only right where a log observer renders it; a new
+    call elsewhere (its result used as a str) must be re-reviewed."""
+    found = set()
+    for module_name, names in quiet.PATCHED.items():
+        if "pformat" not in names:
+            continue
+        source = textwrap.dedent(inspect.getsource(importlib.import_module(module_name)))
+        for scope, call, ancestors in _enclosing_calls(ast.parse(source)):
+            if not (isinstance(call.func, ast.Name) and call.func.id == "pformat"):
+                continue
+            if any(_is_log_call(a) for a in ancestors):
+                continue
+            site = (module_name, call.func.id, scope)
+            assert site in NOT_LOGGED, f"{call.func.id}() at {module_name}:{call.lineno} ({scope}) is not a log argument: {REVIEW}"
+            found.add(site)
+    assert found == NOT_LOGGED, f"pinned call sites are gone: {NOT_LOGGED - found}: {REVIEW}"
+
+
+def test_install_leaves_a_helper_it_does_not_know_and_says_so(stock, monkeypatch, caplog_events):
+    import autobahn.twisted.websocket as module
+
+    foreign = lambda obj: ""  # noqa: E731
+    monkeypatch.setattr(module, "hltype", foreign)
+    assert quiet.install() == ["autobahn.twisted.websocket.hltype"]
+    assert module.hltype is foreign and not quiet.installed()
+    assert any("quiet.py knows" in e.get("log_format", "") for e in caplog_events)
+
+
+def test_send_data_is_the_reviewed_one() -> None:
+    from autobahn.websocket.protocol import WebSocketProtocol
+
+    source = inspect.getsource(WebSocketProtocol.sendData)
+    assert hashlib.sha256(source.encode()).hexdigest() == REVIEWED_SEND_DATA, (
+        f"{REVIEW}: Autobahn's sendData changed; LinkProtocol.sendData re-states its "
+        "open-connection path"
+    )
+
+
+def autobahn_send_data_calls(debug: bool) -> tuple[int, bytes, int]:
+    """Calls of Autobahn's sendData for one text frame to an open improto
+    connection, and what was written and counted."""
+    from autobahn.websocket.protocol import WebSocketProtocol
+
+    from improto.backends.memory import MemoryBackend
+    from improto.router import Router
+    from improto.settings import Settings
+    from improto.web.chat import ChatServerFactory
+
+    backend = MemoryBackend()
+    backend.start()
+    factory = ChatServerFactory(Router(backend), Settings(), MemoryReactorClock())
+    protocol = factory.buildProtocol(None)
+    transport = LenientTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(wsframes.handshake("/ws/alice"))
+    transport.clear()
+    counted = protocol.trafficStats.outgoingOctetsWireLevel
+    calls = []
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code is WebSocketProtocol.sendData.__code__:
+            calls.append(1)
+
+    txaio.set_global_log_level("debug" if debug else "info")
+    sys.setprofile(profile)
+    try:
+        protocol.send_frame(b"hello", False)
+    finally:
+        sys.setprofile(None)
+        txaio.set_global_log_level("info")
+    return len(calls), transport.value(), protocol.trafficStats.outgoingOctetsWireLevel - counted
+
+
+def test_an_open_connection_writes_without_autobahns_send_data_unless_debugging() -> None:
+    fast, debugging = autobahn_send_data_calls(False), autobahn_send_data_calls(True)
+    quiet.uninstall()
+    try:
+        stock = autobahn_send_data_calls(False)
+    finally:
+        quiet.install()
+    assert (fast[0], debugging[0], stock[0]) == (0, 1, 1)
+    assert fast[1:] == debugging[1:] == stock[1:] == (bytes((0x81, 5)) + b"hello", 7)
+
+
+# -- what it does ------------------------------------------------------------------------
+
+
+def test_stock_autobahn_formats_debug_text_with_debug_logging_off(factory, stock) -> None:
+    """The detector of the next test sees stock Autobahn's eager formatting
+    (so that test can fail: it does, with quiet.uninstall())."""
+    formatting_calls(factory)
+    called = formatting_calls(factory)
+    assert "hltype" in called and "pformat" in called
 
 
 def test_with_debug_logging_off_no_debug_text_is_formatted(factory) -> None:
-    events: list[dict] = []
+    formatting_calls(factory)  # hltype's texts are remembered from the first connection
+    assert formatting_calls(factory) == [], "Autobahn formats debug text nobody logs"
+
+
+def _debug_texts(factory: WebSocketServerFactory) -> list[str]:
+    events: list[dict[str, Any]] = []
     globalLogPublisher.addObserver(events.append)
     try:
-        protocol, _ = open_connection(factory)
-        assert protocol._quiet
-        protocol.sendMessage(b"hi")
-        protocol.dataReceived(wsframes.client_frame(b"hello"))
+        a_connection(factory, Failure(ConnectionDone()))
     finally:
         globalLogPublisher.removeObserver(events.append)
-    assert not [e for e in events if e.get("log_level") is not None and e["log_level"].name == "debug"]
+    return [formatEvent(e) for e in events if getattr(e.get("log_level"), "name", "") == "debug"]
+
+
+def test_with_debug_logging_on_the_same_text_is_logged(factory, debug_logging) -> None:
+    assert quiet.installed()
+    lazy = _debug_texts(factory)
+    quiet.uninstall()
+    try:
+        eager = _debug_texts(factory)
+    finally:
+        quiet.install()
+    assert lazy == eager
+    assert any("WebSocketProtocol.sendData> sent" in text for text in lazy)
+    assert any("('openHandshakeTimeout', 5, 'WebSocketServerFactory')" in text for text in lazy)
+
+
+def test_timings_still_format_as_text() -> None:
+    from autobahn.websocket.protocol import Timings
+
+    timings = Timings()
+    timings.track("onOpen")
+    assert str(timings) == pprint.pformat(timings._timings)
+    assert "onOpen" in str(timings)
+
+
+def test_lazy_text_renders_like_the_helper() -> None:
+    settings = [("openHandshakeTimeout", 5, "WebSocketServerFactory")] * 3
+    text, eager = quiet.lazy_pformat(settings), pprint.pformat(settings)
+    assert isinstance(text, quiet.LazyText)
+    assert (str(text), f"{text}", f"{text:>80}", repr(text)) == (eager, eager, f"{eager:>80}", repr(eager))
+    assert quiet.lazy_pformat({"a": 1}) == pprint.pformat({"a": 1})

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
+import pytest_twisted
 from twisted.internet.error import ConnectionDone
+from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
@@ -226,3 +229,104 @@ def test_a_user_over_its_limit_is_closed_with_4029_and_others_are_not():
     _lose(second)
     assert factory.per_user.count("alice") == 0
     assert Client(factory, "/ws/alice", NATIVE).messages()[0]["type"] == "welcome"
+
+
+def test_uncompressed_members_share_one_prepared_frame(factory, monkeypatch):
+    prepared = []
+    prepare = factory.prepareMessage
+
+    def spy(payload, isBinary=False, doNotCompress=False):
+        prepared.append(prepare(payload, isBinary, doNotCompress))
+        return prepared[-1]
+
+    monkeypatch.setattr(factory, "prepareMessage", spy)
+    alice = Client(factory, "/ws/alice")
+    members = [Client(factory, f"/ws/m{i}") for i in range(3)]
+    for c in members + [alice]:
+        c.raw()
+    alice.send("hello, all")
+    wires = [m.raw() for m in members]
+    [message] = prepared
+    assert wires[0] == wires[1] == wires[2] == message.payloadHybi
+    [(opcode, payload, compressed)] = wsframes.parse_frames(wires[0])
+    assert opcode == 1 and not compressed and json.loads(payload)["msg"] == "hello, all"
+
+
+def test_a_member_that_stops_reading_is_dropped_after_max_backlog(caplog_events):
+    backend = MemoryBackend()
+    backend.start()
+    router = Router(backend, limits=RouterLimits(max_message_size=1000))
+    factory = ChatServerFactory(router, Settings(max_backlog=2000), MemoryReactorClock())
+    alice, slow, reader = (Client(factory, f"/ws/{n}") for n in ("alice", "slow", "reader"))
+    for c in (alice, slow, reader):
+        c.raw()
+    assert slow.transport.producer is slow.protocol
+    slow.protocol.pauseProducing()  # what Twisted does when the kernel buffer is full
+    for i in range(20):
+        alice.send("x" * 180 + f"{i:03}")
+    assert slow.transport.disconnected
+    queued = slow.raw()
+    assert len(queued) <= 2000 and 0 < len(wsframes.parse_frames(queued)) < 20
+    assert len(reader.messages()) == 20
+    drops = [e for e in caplog_events if "stopped reading" in e.get("log_format", "")]
+    assert len(drops) == 1
+
+
+@pytest.mark.parametrize("served_by", ["twisted.web", "factory"])
+@pytest_twisted.ensureDeferred
+async def test_an_accepted_socket_has_tcp_nodelay_before_the_handshake_response(served_by):
+    """
+    Nothing the server writes waits for Nagle's algorithm (and the client's
+    delayed ACK). Behind twisted.web, its HTTP channel sets TCP_NODELAY on
+    accepting; a factory listened on directly gets it from Autobahn's own
+    connectionMade, through LinkProtocol.tcpNoDelay.
+    """
+    from autobahn.twisted.resource import WebSocketResource
+    from twisted.internet import reactor
+    from twisted.internet.protocol import ClientFactory, Protocol
+    from twisted.web.resource import Resource
+    from twisted.web.server import Site
+
+    from improto.web.chat import ChatServerProtocol
+
+    seen: list[int] = []
+
+    class Recording(ChatServerProtocol):
+        def sendData(self, data, sync=False, chopsize=None):
+            if not seen:
+                assert data.startswith(b"HTTP/1.1 101")
+                sock = self.transport.getHandle()
+                seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            super().sendData(data, sync, chopsize)
+
+    backend = MemoryBackend()
+    backend.start()
+    factory = ChatServerFactory(Router(backend), Settings(), reactor)
+    factory.protocol = Recording
+    if served_by == "twisted.web":
+        root = Resource()
+        root.putChild(b"ws", WebSocketResource(factory))
+        port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
+    else:
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    received = bytearray()
+
+    class Raw(Protocol):
+        def connectionMade(self):
+            self.transport.write(wsframes.handshake("/ws/alice"))
+
+        def dataReceived(self, data):
+            received.extend(data)
+
+    client_factory = ClientFactory()
+    client_factory.protocol = Raw
+    connector = reactor.connectTCP("127.0.0.1", port.getHost().port, client_factory)
+    try:
+        deadline = reactor.seconds() + 10
+        while b"\r\n\r\n" not in received and reactor.seconds() < deadline:
+            await deferLater(reactor, 0.01, lambda: None)
+        assert received.startswith(b"HTTP/1.1 101")
+        assert seen and seen[0] != 0, "TCP_NODELAY is off when the 101 response is written"
+    finally:
+        connector.disconnect()
+        await port.stopListening()
