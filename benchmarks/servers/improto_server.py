@@ -2,6 +2,7 @@
 Run improto exactly as deployed (``twistd -n improto``), for the benchmarks.
 
     python improto_server.py HOST PORT [--profile OUT.prof] [--stock-autobahn] [--tcp-nodelay]
+                             [--history-size N]
 
 ``--profile FILE``: SIGUSR1 starts cProfile (clock: process CPU time, or
 wall with ``--profile-clock wall``), SIGUSR2 stops it and writes FILE. ``--stock-autobahn`` undoes
@@ -9,6 +10,8 @@ wall with ``--profile-clock wall``), SIGUSR2 stops it and writes FILE. ``--stock
 Autobahn, to measure what it buys ("before"). ``--tcp-nodelay`` is a no-op
 kept for old command lines: twisted.web's HTTP channel sets TCP_NODELAY on
 every accepted socket, and improto's ``LinkProtocol.tcpNoDelay`` again.
+``--history-size N`` is passed to twistd: ``0`` turns history off (plain
+at-most-once pub/sub), for the history on/off comparison.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ def main() -> None:
     parser.add_argument("--stock-autobahn", action="store_true")
     parser.add_argument("--tcp-nodelay", action="store_true")
     parser.add_argument("--rate", default="0")
+    parser.add_argument("--history-size", default=None, help="twistd improto --history-size (0 = off)")
     args = parser.parse_args()
     find_plugin()
     if args.stock_autobahn:
@@ -56,6 +60,8 @@ def main() -> None:
         "twistd", "-n", "--pidfile=", "improto",
         "--port", f"tcp:{args.port}:interface={args.host}", "--rate", args.rate,
     ]
+    if args.history_size is not None:
+        sys.argv += ["--history-size", args.history_size]
     if args.profile:
         start_profiler_on_signal(args.profile, args.profile_clock)
     run()
