@@ -13,18 +13,13 @@ from typing import Any
 import pytest
 
 from tests import browser_fixture
+from tests.browser_fixture import Page, expect
 from tests.e2e.test_browser import conv_item, member, messages, new_page, open_chat, send, texts
 from tests.serverproc import start_server
 
 browser = browser_fixture.browser
 improto_server = browser_fixture.improto_server
 __all__ = ["browser", "improto_server", "new_page"]
-
-try:
-    from playwright.sync_api import Page, expect
-except ImportError:  # the browser fixture reports it as a failure
-    Page = Any  # type: ignore[misc,assignment]
-    expect = None  # type: ignore[assignment]
 
 pytestmark = pytest.mark.slow
 
