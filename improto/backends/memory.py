@@ -25,6 +25,7 @@ from improto.backends.interface import (
     HistoryPage,
     IBackend,
     Retention,
+    positioned,
 )
 from improto.backends.memory_history import MemoryStreams
 
@@ -77,14 +78,17 @@ class MemoryBackend:
     def publish(self, channel: str, envelope: Envelope) -> Deferred[int]:
         if self._state is not BackendState.OK:
             return fail(BackendUnavailable(f"cannot publish: memory backend is {self._state.value}"))
+        return succeed(self._deliver(channel, envelope))
+
+    def _deliver(self, channel: str, envelope: Envelope) -> int:
         listeners = self.hub.channels.get(channel)
         if not listeners:
-            return succeed(0)
+            return 0
         # Copy: a callback may subscribe or unsubscribe while we iterate.
         callbacks = list(listeners.values())
         for callback in callbacks:
             callback(envelope)
-        return succeed(len(callbacks))
+        return len(callbacks)
 
     def subscribe(self, channel: str, callback: EnvelopeCallback) -> Deferred[None]:
         if (refused := self._refuse("subscribe")) is not None:
@@ -144,14 +148,14 @@ class MemoryBackend:
         if original is not None:
             return succeed(original)
         seq = streams.next_seq(stream)
-        published = attrs.evolve(envelope, stream=stream, seq=seq)
+        published = positioned(envelope, stream, seq)
         if self.retention.enabled:
             streams.store(stream, seq, published, self.retention)
+        if idempotency_key is None:
+            return succeed(Appended(seq, self._deliver(channel, published)))
         # Reserve the key before delivering: a callback may retry at once.
         streams.remember(idempotency_key, Appended(seq, 0), idempotency_ttl)
-        result: list[int] = []
-        self.publish(channel, published).addCallback(result.append)
-        appended = Appended(seq, result[0] if result else 0)
+        appended = Appended(seq, self._deliver(channel, published))
         streams.remember(idempotency_key, appended, idempotency_ttl)
         return succeed(appended)
 

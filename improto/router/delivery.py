@@ -39,25 +39,31 @@ def deliver(sessions: Iterable[Session], envelope: Envelope, table: SessionTable
     if native_only and not table.native_count:
         return
     stored = envelope.seq is not None
-    by_class: dict[tuple[type, bool], list[SessionLink]] = {}
+    by_class: dict[type, list[SessionLink]] = {}
+    #: Native links of a stored envelope: they get it with its position.
+    positioned: dict[type, list[SessionLink]] = {}
     for s in sessions:
         if s.id == envelope.exclude_session or (native_only and not s.native):
             continue
-        if stored and s.replay is not None and s.replay.hold(envelope):
-            continue
-        by_class.setdefault((type(s.link), stored and s.native), []).append(s.link)
-    native_data = None
-    for (link_class, positioned), links in by_class.items():
-        data = envelope.data
-        if positioned:
-            if native_data is None:
-                native_data = streams.positioned(data, envelope.stream or "", envelope.seq or 0)
-            data = native_data
+        if stored and s.native:
+            if s.replay is not None and s.replay.hold(envelope):
+                continue
+            positioned.setdefault(type(s.link), []).append(s.link)
+        else:
+            by_class.setdefault(type(s.link), []).append(s.link)
+    _broadcast(by_class, envelope.data, envelope.binary)
+    if positioned:
+        data = streams.positioned(envelope.data, envelope.stream or "", envelope.seq or 0)
+        _broadcast(positioned, data, envelope.binary)
+
+
+def _broadcast(by_class: dict[type, list[SessionLink]], data: bytes, binary: bool) -> None:
+    for link_class, links in by_class.items():
         broadcast = getattr(link_class, "broadcast", None)
         if broadcast is None:
-            send_each(links, data, envelope.binary)
+            send_each(links, data, binary)
         else:
-            broadcast(links, data, envelope.binary)
+            broadcast(links, data, binary)
 
 
 class Replies:
