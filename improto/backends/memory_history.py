@@ -39,6 +39,8 @@ class MemoryStreams:
     #: user -> (cursor, expires_at)
     seen: dict[str, tuple[int, float]] = attrs.field(factory=dict)
     _writes: int = 0
+    #: The age of the last store, for the sweep of idle streams.
+    _age: float = Retention().age
 
     def duplicate(self, key: str | None) -> Appended | None:
         if key is None:
@@ -62,6 +64,7 @@ class MemoryStreams:
             state.entries = collections.deque(state.entries, maxlen=retention.size)
         now = self.clock()
         state.entries.append((seq, envelope, now))
+        self._age = retention.age
         self._trim(state, retention, now)
         self._tick()
 
@@ -113,3 +116,7 @@ class MemoryStreams:
         for table in (self.idempotency, self.seen):
             for key in [k for k, (_, expires) in table.items() if expires <= now]:
                 del table[key]
+        # Idle streams keep their last seq (a few bytes) but drop expired entries.
+        for state in self.streams.values():
+            if state.entries and state.entries[0][2] <= now - self._age:
+                self._trim(state, Retention(size=1, age=self._age), now)
