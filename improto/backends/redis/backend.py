@@ -42,6 +42,11 @@ nothing is stored or retried. improto adds:
   nothing waits for Redis to come back.
 * Presence of a node that dies without ``stop()`` stays visible for at
   most ``heartbeat_ttl`` (15 s by default).
+
+What pub/sub alone misses, history recovers: ``append`` stores every
+chat message in its stream and publishes it in one script
+(:mod:`improto.backends.redis.streams`), so a node that missed some
+fetches them by seq (``history``), and so does a client that resumes.
 """
 
 from __future__ import annotations
