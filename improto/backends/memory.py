@@ -144,6 +144,8 @@ class MemoryBackend:
         if self._state is not BackendState.OK:
             return fail(BackendUnavailable(f"cannot append: memory backend is {self._state.value}"))
         streams = self.hub.streams
+        if idempotency_key is not None:
+            idempotency_key = f"{stream}\n{idempotency_key}"  # per stream, as on Redis
         original = streams.duplicate(idempotency_key)
         if original is not None:
             return succeed(original)

@@ -156,6 +156,9 @@ async def test_idempotent_append_across_nodes(nodes: Nodes) -> None:
     await eventually(lambda: len(got) == 2)
     assert [e.data for e in got] == [b"1", b"2"]
     assert [e.seq for e in (await nodes.a.history("group:g", 0, 10)).messages] == [1, 2]
+    # A key is per stream: the same one on another stream is a new message.
+    elsewhere = await nodes.a.append("group:h", "group:h", envelope(b"1"), "alice\nid-1", 300)
+    assert (elsewhere.seq, elsewhere.duplicate) == (1, False)
 
 
 @pytest_twisted.ensureDeferred
