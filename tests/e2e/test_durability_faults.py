@@ -30,7 +30,7 @@ from tests.serverproc import ServerProcess, start_server
 pytestmark = pytest.mark.slow
 
 NATIVE = ["improto.v1"]
-CLIENTS = 4
+CLIENTS = 6  # two on each node, so two lose theirs
 STREAM = "group:lobby"
 
 
