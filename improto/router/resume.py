@@ -54,6 +54,9 @@ class Replay:
 
     waiting: dict[str, list[Envelope]] = attrs.field(factory=dict)
     floors: dict[str, int] = attrs.field(factory=dict)
+    #: Streams resumed on this connection: once each, so that one frame
+    #: cannot ask for the same history again and again (``history`` pages it).
+    resumed: set[str] = attrs.field(factory=set)
 
     def hold(self, envelope: Envelope) -> bool:
         """True when ``envelope`` is not for the session now (held or sent)."""
@@ -95,13 +98,16 @@ class Resumer:
                     request_id,
                 )
         replay = session.replay or Replay()
-        busy = [name for name in names if name in replay.waiting]
+        busy = [name for name in names if name in replay.resumed]
         if busy:
             raise ProtocolError(
-                ErrorCode.BAD_MESSAGE, f"Stream {busy[0]!r} is already being resumed.", request_id
+                ErrorCode.BAD_MESSAGE,
+                f"Stream {busy[0]!r} was already resumed on this connection; page it with 'history'.",
+                request_id,
             )
         for name in names:
             replay.waiting[name] = []
+            replay.resumed.add(name)
         session.replay = replay
         return replay
 
@@ -120,6 +126,7 @@ class Resumer:
             try:
                 reached[name] = await self._one(session, name, position, request_id)
             except ProtocolError as e:
+                replay.resumed.discard(name)  # a refused resume may be retried
                 self._replies.refuse(session, e)
             except Exception:
                 self._replies.failed(Failure(), session, request_id)
@@ -131,6 +138,7 @@ class Resumer:
 
     def release(self, session: Session, replay: Replay, name: str) -> None:
         """Stop holding ``name`` without replaying (its position never came)."""
+        replay.resumed.discard(name)
         self._flush(session, replay, name, 0)
 
     async def _one(self, session: Session, name: str, position: int, request_id: str | None) -> int:

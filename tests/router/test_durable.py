@@ -221,6 +221,10 @@ class TestResume:
             send(router, sn, frame)
             errors = [f for f in n.take() if f["type"] == "error"]
             assert [(e["code"], e.get("id")) for e in errors] == [(code, "r")], frame
+        send(router, sn, {"type": "resume", "streams": {"group:lobby": 0}, "id": "r"})
+        assert n.take()[-1]["type"] == "resumed"
+        send(router, sn, {"type": "resume", "streams": {"group:lobby": 0}, "id": "r"})
+        assert [f["code"] for f in n.take()] == ["bad_message"]  # once per connection
         m, _ = connect(router, "max", resume="group:lobby")
         assert m.take()[-1]["code"] == "bad_message"
         s, _ = connect(router, "sam", native=False, resume="group:lobby:0")
