@@ -27,7 +27,11 @@ from websockets.sync.client import connect
 from tests.redis_fixture import RedisServer
 from tests.serverproc import ServerProcess, start_server
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    # Clients here reconnect by replacing their connection, not in a with block.
+    pytest.mark.filterwarnings("ignore:connect\\(\\) must be used as a context manager"),
+]
 
 NATIVE = ["improto.v1"]
 CLIENTS = 6  # two on each node, so two lose theirs
