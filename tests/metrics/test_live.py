@@ -15,9 +15,10 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from improto.testing import free_port
-from tests import rawhttp
+from tests import rawhttp, wsframes
 from tests.metrics.scrape import Samples, scrape, value, wait_for
 from tests.serverproc import ServerProcess, start_server
+from tests.wsclient import raw_client, read_close_code
 
 TIMEOUT = 5
 NATIVE = ["improto.v1"]
@@ -118,6 +119,18 @@ def test_a_bad_nickname_is_refused_and_its_1008_counted(served: tuple[ServerProc
     after = wait_for(port, lambda s: delta(before, s, "improto_close_codes_sent_total", code="1008") == 1)
     assert delta(before, after, "improto_connections_refused_total", reason="bad_name") == 1
     assert delta(before, after, "improto_error_frames_total", code="bad_name") == 1
+
+
+def test_autobahns_own_1007_close_is_counted(served: tuple[ServerProcess, int]) -> None:
+    server, port = served
+    before = scrape(port)
+    sock = raw_client(server.port, "/ws/jack")
+    try:
+        sock.sendall(wsframes.client_frame(b"\xff\xfe not UTF-8"))
+        assert read_close_code(sock) == 1007
+    finally:
+        sock.close()
+    wait_for(port, lambda s: delta(before, s, "improto_close_codes_sent_total", code="1007") == 1)
 
 
 def test_the_metrics_port_serves_only_metrics_and_the_main_port_none(
