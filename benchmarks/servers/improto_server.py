@@ -2,6 +2,7 @@
 Run improto exactly as deployed (``twistd -n improto``), for the benchmarks.
 
     python improto_server.py HOST PORT [--profile OUT.prof] [--stock-autobahn] [--tcp-nodelay]
+                             [--backend URL] [--workers N]
 
 ``--profile FILE``: SIGUSR1 starts cProfile (clock: process CPU time, or
 wall with ``--profile-clock wall``), SIGUSR2 stops it and writes FILE. ``--stock-autobahn`` undoes
@@ -59,6 +60,8 @@ def main() -> None:
     parser.add_argument("--stock-autobahn", action="store_true")
     parser.add_argument("--tcp-nodelay", action="store_true")
     parser.add_argument("--rate", default="0")
+    parser.add_argument("--backend", help="twistd improto --backend (default: memory)")
+    parser.add_argument("--workers", help="twistd improto --workers, where it has that option")
     args = parser.parse_args()
     if args.stock_autobahn:
         use_stock_autobahn()
@@ -70,6 +73,10 @@ def main() -> None:
         "twistd", "-n", "--pidfile=", "improto",
         "--port", f"tcp:{args.port}:interface={args.host}", "--rate", args.rate,
     ]
+    if args.backend:
+        sys.argv += ["--backend", args.backend]
+    if args.workers:
+        sys.argv += ["--workers", args.workers]
     if args.profile:
         start_profiler_on_signal(args.profile, args.profile_clock)
     run()
