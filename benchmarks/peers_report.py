@@ -234,7 +234,7 @@ def write_results(path: Path, command: str, m: dict[str, str], load: str, elapse
     two = lab.display("improto-2w")
     text = f"""# Benchmark results: improto and its peers
 
-Written by `{command}` ({when}, {elapsed / 60:.1f} min). Medians of {runs} runs,
+Written by `{command}` ({when}, {elapsed / 60:.1f} min). Medians of {runs} run{"s" if runs != 1 else ""},
 every server and scenario interleaved in the same run; `spread` is half the
 range of the runs over the median. See `README.md` ("Peers") for the method.
 
