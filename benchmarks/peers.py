@@ -98,6 +98,29 @@ def workers_option() -> bool:
     return "--workers" in out.stdout
 
 
+def improto_argv(port: int, *extra: str) -> list[str]:
+    """
+    ``twistd improto`` with a listen backlog of 128, as gevent's servers (the
+    seeds) have: with 64 connects in flight Twisted's default of 50 overflows
+    on a busy machine, and each dropped SYN costs a second (seen in
+    ``TcpExtListenOverflows``).
+    """
+    return harness.improto_argv(port, "--backlog", "128", *extra)
+
+
+def listen_overflows() -> int | None:
+    """The kernel's count of connections dropped from full accept queues."""
+    try:
+        lines = Path("/proc/net/netstat").read_text().splitlines()
+    except OSError:
+        return None
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:], strict=False))
+            return int(table.get("ListenOverflows", 0))
+    return None
+
+
 def descendants(pid: int) -> list[int]:
     found, todo = [], [pid]
     while todo:
@@ -148,24 +171,24 @@ class Lab:
         with contextlib.ExitStack() as stack:
             port = harness.free_port()
             if name == "improto":
-                s = self._server(stack, tag, harness.improto_argv(port), port)
+                s = self._server(stack, tag, improto_argv(port), port)
                 yield Deployment([port], "/ws/", [s.pid])  # type: ignore[list-item]
             elif name == "improto-redis":
                 url, rpid = self._redis(stack, tag, "server")
-                s = self._server(stack, tag, harness.improto_argv(port, "--backend", url), port)
+                s = self._server(stack, tag, improto_argv(port, "--backend", url), port)
                 yield Deployment([port], "/ws/", [s.pid, rpid])  # type: ignore[list-item]
             elif name == "improto-2w" and self.workers:
                 url, rpid = self._redis(stack, tag, None)
-                s = self._server(stack, tag, harness.improto_argv(
+                s = self._server(stack, tag, improto_argv(
                     port, "--backend", url, "--workers", "2"), port, None)
                 time.sleep(1.0)  # let the workers start before their pids are read
                 yield Deployment([port], "/ws/", [*descendants(s.pid), rpid], None)  # type: ignore[arg-type]
             elif name == "improto-2w":
                 url, rpid = self._redis(stack, tag, None)
                 port2 = harness.free_port()
-                a = self._server(stack, tag + "-a", harness.improto_argv(port, "--backend", url),
+                a = self._server(stack, tag + "-a", improto_argv(port, "--backend", url),
                                  port, {harness.SERVER_CPU})
-                b = self._server(stack, tag + "-b", harness.improto_argv(port2, "--backend", url),
+                b = self._server(stack, tag + "-b", improto_argv(port2, "--backend", url),
                                  port2, {harness.CLIENT_CPU})
                 yield Deployment([port, port2], "/ws/", [a.pid, b.pid, rpid], None)  # type: ignore[list-item]
             elif name.startswith("seed-"):
@@ -199,11 +222,15 @@ def measure(lab: Lab, name: str, kind: str, p: dict[str, Any], tag: str,
                 after = [server_rss_bytes(pid) or 0 for pid in dep.cpu_pids]
             kib = (sum(after) - sum(before)) / p["n"] / 1024.0
             return {"memory": {"value": kib, "open_s": opened}}
+        drops0 = listen_overflows()
         res = cload.run(kind, dep.ports, dep.prefix, dep.cpu_pids, p, dep.gen_cpus, cap)
+        drops1 = listen_overflows()
     if "error" in res:
         raise RuntimeError(res["error"])
     srv, gen = _cpu(res["throughput_cpu"])
     flags = []
+    if drops0 is not None and drops1 is not None and drops1 > drops0:
+        flags.append(f"listen overflows (machine-wide) {drops1 - drops0}")
     if res.get("stalled"):
         flags.append("stalled")
     if res.get("drained") is False:
@@ -238,24 +265,25 @@ def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def estimate_seconds(servers: list[str], p: dict[str, dict[str, Any]], runs: int) -> float:
+def estimate_seconds(servers: list[str], p: dict[str, dict[str, Any]], runs: int,
+                     kinds: list[str] = KINDS) -> float:
     """A rough duration of the whole run (server starts, connecting, phases, drains)."""
-    per = (  # seconds, from runs on a busy 2-CPU machine
-        1.0 + p["fanout"]["n"] / 500 + 1.1 + p["fanout"]["L"] + p["fanout"]["d"]
-        + 1.0 + p["private"]["n"] / 400 + 1.1 + p["private"]["L"] + p["private"]["d"]
-        + 1.5 + p["handshake"]["d"]
-        + 2.8 + p["memory"]["n"] / 1500
-    )
-    return per * len(servers) * runs
+    per = {  # seconds, from runs on a busy 2-CPU machine
+        "fanout": 2.1 + p["fanout"]["n"] / 500 + p["fanout"]["L"] + p["fanout"]["d"],
+        "private": 2.1 + p["private"]["n"] / 400 + p["private"]["L"] + p["private"]["d"],
+        "handshake": 1.5 + p["handshake"]["d"],
+        "memory": 2.8 + p["memory"]["n"] / 1500,
+    }
+    return sum(per[k] for k in kinds) * len(servers) * runs
 
 
 def run_all(lab: Lab, servers: list[str], p: dict[str, dict[str, Any]], runs: int,
-            log: Any = print) -> dict[tuple[str, str], dict[str, Any]]:
+            kinds: list[str] = KINDS, log: Any = print) -> dict[tuple[str, str], dict[str, Any]]:
     """Every server x scenario x run, interleaved; medians per (row, server)."""
     samples: dict[tuple[str, str], list[dict[str, Any]]] = {}
     errors: dict[tuple[str, str], str] = {}
     for run in range(runs):
-        for kind in KINDS:
+        for kind in kinds:
             order = servers[run % len(servers):] + servers[:run % len(servers)]
             for name in order:
                 if lab.unavailable(name):

@@ -58,12 +58,14 @@ def render(header: list[str], rows: list[list[str]], left: int = 2) -> str:
 
 
 def main_table(table: Table, lab: peers.Lab, servers: list[str],
-               p: dict[str, dict[str, Any]]) -> str:
+               p: dict[str, dict[str, Any]], kinds: list[str]) -> str:
     header = ["scenario", "server", "result", "p50 ms", "p99 ms", "srv CPU", "gen CPU", "spread",
               "notes"]
     rows = []
     names = labels(p)
-    for key, _, _ in peers.ROWS:
+    for key, kind, _ in peers.ROWS:
+        if kind not in kinds:
+            continue
         for s in servers:
             cell = table.get((key, s))
             na = lab.unavailable(s)
@@ -115,7 +117,8 @@ def ratio_table(table: Table, lab: peers.Lab, servers: list[str]) -> tuple[str, 
                 cells.append("-" if r is None else f"{r:.2f}x" + ("*" if r < 1 else ""))
                 if r is not None and r < 1:
                     losses.append(f"{lab.display(s)}: {label} {r:.2f}x vs {o}")
-            rows.append([lab.display(s), label, *cells])
+            if any(c != "-" for c in cells):
+                rows.append([lab.display(s), label, *cells])
     return render(header, rows), losses
 
 
@@ -160,6 +163,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="tiny counts, one run, improto + autobahn-ceiling (for the smoke test)")
     ap.add_argument("--runs", type=int, help="runs per server and scenario (default 3; smoke 1)")
     ap.add_argument("--servers", help="comma-separated, of " + ",".join(peers.SERVERS + peers.OPTIONAL))
+    ap.add_argument("--only", help="comma-separated scenarios, of " + ",".join(peers.KINDS))
     ap.add_argument("--no-cap-check", action="store_true", help="skip the capped-generator re-run")
     ap.add_argument("--results", metavar="FILE",
                     help="write the report here (default: benchmarks/RESULTS.md on a full run)")
@@ -177,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     for s in servers:
         if s not in peers.SERVERS + peers.OPTIONAL:
             sys.exit(f"unknown server {s!r}")
+    kinds = args.only.split(",") if args.only else peers.KINDS
+    for k in kinds:
+        if k not in peers.KINDS:
+            sys.exit(f"unknown scenario {k!r}")
     command = "python benchmarks/run.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     started = time.monotonic()
     load = harness.MachineLoad()
@@ -198,18 +206,18 @@ def main(argv: list[str] | None = None) -> int:
     workers = peers.workers_option() if "improto-2w" in servers else False
     logdir = Path(tempfile.mkdtemp(prefix="improto-peers-"))
     lab = peers.Lab(logdir, seed_py, workers, redis)
-    est = peers.estimate_seconds([s for s in servers if not lab.unavailable(s)], p, runs)
+    est = peers.estimate_seconds([s for s in servers if not lab.unavailable(s)], p, runs, kinds)
     if not (args.no_cap_check or args.smoke):
-        est += peers.estimate_seconds(["one"], p, 1) * 0.6  # up to 6 capped re-runs
+        est += peers.estimate_seconds(["one"], p, 1, kinds) * 0.6  # up to 6 capped re-runs
     print(f"generator {wsload.name}; python {platform.python_version()}, {os.cpu_count()} CPUs; "
           f"servers on CPU {harness.SERVER_CPU}, generator on CPU {harness.CLIENT_CPU}; {priority}")
-    print(f"{len(servers)} servers x {len(peers.KINDS)} scenarios x {runs} runs: "
+    print(f"{len(servers)} servers x {len(kinds)} scenarios x {runs} runs: "
           f"expected about {est / 60:.1f} min", flush=True)
 
-    table = peers.run_all(lab, servers, p, runs)
+    table = peers.run_all(lab, servers, p, runs, kinds)
     checks = [] if args.no_cap_check or args.smoke else peers.cap_check(lab, table, servers, p)
     elapsed = time.monotonic() - started
-    main_txt = main_table(table, lab, servers, p)
+    main_txt = main_table(table, lab, servers, p, kinds)
     ratio_txt, losses = ratio_table(table, lab, servers)
     print("\n" + main_txt + "\n\n" + ratio_txt)
     if checks:

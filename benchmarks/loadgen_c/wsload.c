@@ -399,17 +399,22 @@ static void on_writable(conn_t *c) {
 
 typedef int (*pred_t)(void);
 static void (*tick)(double now);
-static double throttle_t0, throttle_cpu0;
+static double tb_tokens, tb_wall, tb_cpu;
 
+/*
+ * -C: a token bucket of CPU time. It fills at `cap` seconds per second (at most
+ * 10 ms ahead) and every loop iteration pays for the CPU it used; in debt, the
+ * generator sleeps until it is paid off. On average it uses at most `cap` of a
+ * core, and a generator that needs less is never slowed.
+ */
 static void cap_throttle(void) {
     if (cap <= 0) return;
-    double now = mono(), wall = now - throttle_t0, cpu = own_cpu() - throttle_cpu0;
-    if (wall > 0.5) {  /* a sliding half-second window */
-        throttle_t0 = now; throttle_cpu0 = own_cpu();
-        return;
-    }
-    if (cpu > cap * wall) {
-        double s = cpu / cap - wall;
+    double now = mono(), cpu = own_cpu();
+    tb_tokens += cap * (now - tb_wall) - (cpu - tb_cpu);
+    if (tb_tokens > 0.010) tb_tokens = 0.010;
+    tb_wall = now; tb_cpu = cpu;
+    if (tb_tokens < 0) {
+        double s = -tb_tokens / cap;
         if (s > 0.05) s = 0.05;
         struct timespec ts = {0, (long)(s * 1e9)};
         nanosleep(&ts, NULL);
@@ -724,7 +729,7 @@ int main(int argc, char **argv) {
     struct rlimit rl;
     if (!getrlimit(RLIMIT_NOFILE, &rl)) { rl.rlim_cur = rl.rlim_max; setrlimit(RLIMIT_NOFILE, &rl); }
     t_begin = mono();
-    throttle_t0 = t_begin; throttle_cpu0 = own_cpu();
+    tb_wall = t_begin; tb_cpu = own_cpu();
     ep = epoll_create1(0);
     long total = mode == M_FANOUT ? n_arg + 1 : mode == M_PRIVATE ? 2 * n_arg
                : mode == M_HOLD ? n_arg + 10 : conc;

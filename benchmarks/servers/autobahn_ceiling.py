@@ -17,7 +17,8 @@ application can do without improto:
   ever read. Everything else (framing, parsing, UTF-8 checks, handshakes) is
   stock Autobahn.
 
-No router, no backend, no rate limits, no presence: what the stack costs
+It listens with a backlog of 128, as gevent's servers do (Twisted's default
+is 50). No router, no backend, no rate limits, no presence: what the stack costs
 underneath improto. ``servers/stock_autobahn.py`` is the naive version.
 
     python autobahn_ceiling.py HOST PORT
@@ -100,7 +101,7 @@ class ChatFactory(WebSocketServerFactory):
 def main() -> None:
     host, port = sys.argv[1], int(sys.argv[2])
     factory = ChatFactory()
-    reactor.listenTCP(port, factory, interface=host)
+    reactor.listenTCP(port, factory, backlog=128, interface=host)
     reactor.run()
 
 

@@ -2,7 +2,7 @@
 Run improto exactly as deployed (``twistd -n improto``), for the benchmarks.
 
     python improto_server.py HOST PORT [--profile OUT.prof] [--stock-autobahn] [--tcp-nodelay]
-                             [--backend URL] [--workers N]
+                             [--backend URL] [--workers N] [--backlog N]
 
 ``--profile FILE``: SIGUSR1 starts cProfile (clock: process CPU time, or
 wall with ``--profile-clock wall``), SIGUSR2 stops it and writes FILE. ``--stock-autobahn`` undoes
@@ -62,6 +62,7 @@ def main() -> None:
     parser.add_argument("--rate", default="0")
     parser.add_argument("--backend", help="twistd improto --backend (default: memory)")
     parser.add_argument("--workers", help="twistd improto --workers, where it has that option")
+    parser.add_argument("--backlog", help="listen backlog (Twisted's default is 50)")
     args = parser.parse_args()
     if args.stock_autobahn:
         use_stock_autobahn()
@@ -71,7 +72,8 @@ def main() -> None:
 
     sys.argv = [
         "twistd", "-n", "--pidfile=", "improto",
-        "--port", f"tcp:{args.port}:interface={args.host}", "--rate", args.rate,
+        "--port", f"tcp:{args.port}:interface={args.host}"
+        + (f":backlog={args.backlog}" if args.backlog else ""), "--rate", args.rate,
     ]
     if args.backend:
         sys.argv += ["--backend", args.backend]

@@ -6,7 +6,8 @@ Group and private chat in the seed 003 dialect; the last path segment names
 the user: ``{"username", "msg"}`` goes to every other connection as
 ``{"username", "msg"}`` with ``websockets.asyncio.server.broadcast`` (frames
 once, writes without waiting); ``{"to_user", "msg"}`` goes to that user as
-``{"msg", "from_user"}``. Default settings otherwise (the load generator
+``{"msg", "from_user"}``. A listen backlog of 128 (as gevent's servers have;
+asyncio's default is 100); default settings otherwise (the load generator
 does not offer permessage-deflate, so nothing is compressed).
 
     python websockets_peer.py HOST PORT
@@ -48,7 +49,7 @@ async def handler(ws: ServerConnection) -> None:
 
 
 async def main(host: str, port: int) -> None:
-    async with serve(handler, host, port) as server:
+    async with serve(handler, host, port, backlog=128) as server:
         await server.serve_forever()
 
 
