@@ -132,8 +132,8 @@ def cap_table(checks: list[dict[str, Any]], lab: peers.Lab) -> str:
         rows.append([key, lab.display(c["server"]), fmt_value(key, c["uncapped"]),
                      fmt_pct(c["uncapped_gen"]), fmt_value(key, c["capped"]),
                      fmt_pct(c["capped_gen"]), f"{c['capped'] / c['uncapped']:.2f}"])
-    header = ["row", "server", "median", "gen CPU", f"gen capped {checks[0]['cap']:.0%}"
-              if checks else "capped", "gen CPU", "capped/median"]
+    header = ["row", "server", "generator free", "gen CPU", f"gen capped {checks[0]['cap']:.0%}"
+              if checks else "capped", "gen CPU", "capped/free"]
     return render(header, rows)
 
 
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     lab = peers.Lab(logdir, seed_py, workers, redis)
     est = peers.estimate_seconds([s for s in servers if not lab.unavailable(s)], p, runs, kinds)
     if not (args.no_cap_check or args.smoke):
-        est += peers.estimate_seconds(["one"], p, 1, kinds) * 0.6  # up to 6 capped re-runs
+        est += peers.estimate_seconds(["one"], p, 1, ["fanout", "private", "handshake"]) * 4
     print(f"generator {wsload.name}; python {platform.python_version()}, {os.cpu_count()} CPUs; "
           f"servers on CPU {harness.SERVER_CPU}, generator on CPU {harness.CLIENT_CPU}; {priority}")
     print(f"{len(servers)} servers x {len(kinds)} scenarios x {runs} runs: "
@@ -221,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     ratio_txt, losses = ratio_table(table, lab, servers)
     print("\n" + main_txt + "\n\n" + ratio_txt)
     if checks:
-        print("\ngenerator capped (wsload -C): the same result means it was not the bottleneck\n"
+        print("\ngenerator free, then capped (wsload -C), back to back: the same result means "
+              "it was not the bottleneck\n"
               + cap_table(checks, lab))
     print(f"\nmachine: {load.describe()}; total {elapsed:.0f}s (expected {est:.0f}s)")
     out = args.results or (None if args.smoke else str(harness.HERE / "RESULTS.md"))
@@ -265,8 +266,9 @@ Where an improto row loses: {"; ".join(losses) if losses else "nowhere"}.
 """
     if cap_txt:
         text += f"""
-The load generator capped to half a core (`wsload -C 0.5`), re-measured on
-each throughput scenario's fastest server and on the server where the
+Each throughput scenario measured again twice, back to back: the load
+generator free, then capped to half a core (`wsload -C 0.5`), on the fastest
+server whose generator has a core of its own and on the server where the
 generator used the most CPU: the same number (within the run-to-run spread)
 means the generator was not what limited it.
 
