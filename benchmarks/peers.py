@@ -235,15 +235,15 @@ def measure(lab: Lab, name: str, kind: str, p: dict[str, Any], tag: str,
     if "error" in res:
         raise RuntimeError(res["error"])
     srv, gen = _cpu(res["throughput_cpu"])
-    flags = [f"{name} +{tcp1[name] - tcp0[name]} (machine-wide)" for name in sorted(tcp0)
-             if name in tcp1 and tcp1[name] > tcp0[name]]
+    flags: list[str] = []
+    tcp = {name: tcp1[name] - tcp0[name] for name in tcp0 if name in tcp1}
     if res.get("stalled"):
         flags.append("stalled")
     if res.get("drained") is False:
         flags.append("undrained")
     if res.get("errors"):
         flags.append(f"{res['errors']} errors: {res.get('first_error', '')}"[:80])
-    tput = {"value": res["throughput"], "srv": srv, "gen": gen, "flags": flags}
+    tput = {"value": res["throughput"], "srv": srv, "gen": gen, "flags": flags, "tcp": tcp}
     lat = res.get("latency", {})
     if kind == "handshake":
         return {"handshake": {**tput, "p50": lat.get("p50_ms"), "p99": lat.get("p99_ms")}}
@@ -267,6 +267,10 @@ def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
     out["spread"] = ((max(vals) - min(vals)) / 2 / out["value"]
                      if len(vals) > 1 and out["value"] else None)
     out["flags"] = sorted({f for s in samples for f in s.get("flags", [])})
+    out["tcp"] = {}
+    for s in samples:
+        for name, n in s.get("tcp", {}).items():
+            out["tcp"][name] = out["tcp"].get(name, 0) + n
     out["runs"] = len(samples)
     return out
 

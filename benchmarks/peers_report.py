@@ -7,6 +7,7 @@ and writes them with the machine's description to ``RESULTS.md``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shlex
@@ -75,9 +76,14 @@ def main_table(table: Table, lab: peers.Lab, servers: list[str],
                              "-", "-", "" if na else why[:70]])
                 continue
             spread = "-" if cell["spread"] is None else f"±{cell['spread'] * 100:.0f}%"
+            tcp = cell.get("tcp", {})
+            if tcp.get("ListenOverflows") or tcp.get("RetransSegs"):
+                cell["flags"] = [*cell["flags"], "machine-wide: "
+                                 f"{tcp.get('RetransSegs', 0)} retransmits, "
+                                 f"{tcp.get('ListenOverflows', 0)} listen overflows"]
             rows.append([names[key], lab.display(s), fmt_value(key, cell["value"]),
                          fmt_ms(cell["p50"]), fmt_ms(cell["p99"]), fmt_pct(cell["srv"]),
-                         fmt_pct(cell["gen"]), spread, "; ".join(cell["flags"])[:70]])
+                         fmt_pct(cell["gen"]), spread, "; ".join(cell["flags"])[:80]])
     return render(header, rows)
 
 
@@ -167,6 +173,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-cap-check", action="store_true", help="skip the capped-generator re-run")
     ap.add_argument("--results", metavar="FILE",
                     help="write the report here (default: benchmarks/RESULTS.md on a full run)")
+    ap.add_argument("--json", metavar="FILE", help="also write every measurement as JSON")
     ap.add_argument("--no-boost", action="store_true", help="do not raise the benchmark's priority")
     return ap.parse_args(argv)
 
@@ -225,6 +232,11 @@ def main(argv: list[str] | None = None) -> int:
               "it was not the bottleneck\n"
               + cap_table(checks, lab))
     print(f"\nmachine: {load.describe()}; total {elapsed:.0f}s (expected {est:.0f}s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "command": command, "machine": machine(), "params": p, "runs": runs,
+            "table": [{"row": k[0], "server": k[1], **v} for k, v in table.items()],
+            "cap_check": checks}, indent=1))
     out = args.results or (None if args.smoke else str(harness.HERE / "RESULTS.md"))
     if out:
         write_results(Path(out), command, machine(), load.describe(), elapsed, runs, main_txt,
