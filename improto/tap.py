@@ -139,6 +139,10 @@ class Options(usage.Options):
         ["inbox-ttl", None, _g(_DURABILITY.inbox_ttl), "Seconds after a user's last connection that private messages to it are stored."],
         ["idempotency-window", None, _g(_DURABILITY.idempotency_window), "Seconds a retried send (same id) is acked, not redelivered."],
         ["history-page-max", None, str(_DURABILITY.history_page_max), "Most messages one history or resume page holds."],
+        ["metrics", None, None,
+         "Serve Prometheus metrics at /metrics: on a listening endpoint of its own that "
+         "serves nothing else, e.g. tcp:9100:interface=127.0.0.1, or 'main' for the main "
+         "port (public: anyone who can reach the chat can read them). Default: off."],
     ]
 
     def postOptions(self) -> None:
@@ -164,6 +168,11 @@ class Options(usage.Options):
                 check_reachable(self["backend"], timeout=3.0)
             except Exception as e:  # any failure here is the user's to read
                 raise _fail(str(e)) from None
+        try:
+            if self["metrics"] not in (None, "main"):
+                serverFromString(None, self["metrics"])
+        except Exception as e:
+            raise _fail(f"bad --metrics {self['metrics']!r}: {e}") from None
         self["allowed-origins"] = _origins(self["allowed-origins"])
         self["echo-path"] = _echo_path(self["echo-path"], self["no-echo"])
         if self["static"] is not None:
@@ -205,6 +214,7 @@ def makeService(options: Options) -> IService:
     from twisted.internet import endpoints, reactor
 
     from improto.backends.url import backend_from_url
+    from improto.metrics import MetricsResource, ServerMetrics, with_metrics
     from improto.router import Router
     from improto.service import ImprotoService
     from improto.web import root_resource
@@ -238,10 +248,17 @@ def makeService(options: Options) -> IService:
         max_groups=options["max-groups"],
     )
     backend = backend_from_url(options["backend"], reactor)
+    metrics = ServerMetrics() if options["metrics"] else None
     backend.retention = Retention(options["history-size"], options["history-age"])
     durability = Durability(
         options["history-page-max"], options["inbox-ttl"], options["idempotency-window"])
-    router = Router(backend, limits=limits, clock=time.monotonic, durability=durability)
-    site = GuardedSite(root_resource(router, settings, reactor, options["static"]), settings, reactor)
+    router = Router(backend, limits=limits, clock=time.monotonic, durability=durability,
+                    **({"metrics": metrics} if metrics else {}))
+    on_main = MetricsResource(metrics) if metrics and options["metrics"] == "main" else None
+    site = GuardedSite(root_resource(router, settings, reactor, options["static"], on_main), settings, reactor)
+    if metrics is not None:
+        metrics.watch(router)
+        site.metrics = metrics
     endpoint = endpoints.serverFromString(reactor, options["port"])
-    return ImprotoService(router, endpoint, site, settings, reactor, options["port"])
+    server = ImprotoService(router, endpoint, site, settings, reactor, options["port"])
+    return with_metrics(server, metrics, options["metrics"], reactor)

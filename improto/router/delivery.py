@@ -13,6 +13,7 @@ from twisted.python.failure import Failure
 from improto.backends.interface import Audience, BackendUnavailable, Envelope
 from improto.protocol import codec, streams
 from improto.protocol.codec import ErrorCode, ProtocolError
+from improto.router.observer import NO_METRICS, Observer
 from improto.router.sessions import Session, SessionLink, SessionTable
 
 _log = Logger()
@@ -26,7 +27,7 @@ def send_each(links: Sequence[SessionLink], data: bytes, binary: bool) -> None:
         link.send_frame(data, binary)
 
 
-def deliver(sessions: Iterable[Session], envelope: Envelope, table: SessionTable) -> None:
+def deliver(sessions: Iterable[Session], envelope: Envelope, table: SessionTable) -> int:
     """
     Hand ``envelope`` to every one of ``sessions`` it is meant for. Links of
     one class get it through that class's ``broadcast``, so a frame is
@@ -34,10 +35,11 @@ def deliver(sessions: Iterable[Session], envelope: Envelope, table: SessionTable
     A stored envelope reaches native sessions with its ``stream`` and
     ``seq`` (spliced in once) and seed sessions unchanged; a session whose
     resume of that stream runs gets it afterwards (see :mod:`.resume`).
+    Returns how many links it was handed to.
     """
     native_only = envelope.audience is Audience.NATIVE
     if native_only and not table.native_count:
-        return
+        return 0
     stored = envelope.seq is not None
     by_class: dict[type, list[SessionLink]] = {}
     #: Native links of a stored envelope: they get it with its position.
@@ -51,19 +53,21 @@ def deliver(sessions: Iterable[Session], envelope: Envelope, table: SessionTable
             positioned.setdefault(type(s.link), []).append(s.link)
         else:
             by_class.setdefault(type(s.link), []).append(s.link)
-    _broadcast(by_class, envelope.data, envelope.binary)
+    handed = _broadcast(by_class, envelope.data, envelope.binary)
     if positioned:
         data = streams.positioned(envelope.data, envelope.stream or "", envelope.seq or 0)
-        _broadcast(positioned, data, envelope.binary)
+        handed += _broadcast(positioned, data, envelope.binary)
+    return handed
 
 
-def _broadcast(by_class: dict[type, list[SessionLink]], data: bytes, binary: bool) -> None:
+def _broadcast(by_class: dict[type, list[SessionLink]], data: bytes, binary: bool) -> int:
     for link_class, links in by_class.items():
         broadcast = getattr(link_class, "broadcast", None)
         if broadcast is None:
             send_each(links, data, binary)
         else:
             broadcast(links, data, binary)
+    return sum(map(len, by_class.values()))
 
 
 class Replies:
@@ -72,6 +76,9 @@ class Replies:
     and error frames, each error code logged once per session rather than
     once per frame (a flood of bad frames must not flood the log).
     """
+
+    def __init__(self, metrics: Observer = NO_METRICS) -> None:
+        self._metrics = metrics
 
     def send(self, session: Session, data: bytes) -> None:
         if not session.closed:
@@ -91,6 +98,7 @@ class Replies:
                 code=error.code.value,
                 reason=error.reason,
             )
+        self._metrics.error_sent(error.code.value)
         # Echo connections are no seed page: a plain error frame.
         self.send(session, codec.error(error, session.native or session.echo))
 

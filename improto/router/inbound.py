@@ -86,6 +86,7 @@ class Inbound:
         """Charge one frame to the session's rate limit; refuse it if over."""
         if session.bucket.take(self._router.clock()):
             return True
+        self._router.metrics.rate_limited()
         self._replies.refuse(
             session,
             ProtocolError(
@@ -116,6 +117,7 @@ class Inbound:
 
     def _echo(self, session: Session, data: bytes, binary: bool) -> None:
         envelope = Envelope(self._backend.node_id, session.id, data, binary)
+        self._router.metrics.message_in("echo")
         d = self._backend.publish(echo_channel(session.id), envelope)
         d.addErrback(self._replies.failed, session, None)
 
@@ -144,6 +146,7 @@ class Inbound:
             codec.group_message(command.group, session.user, command.msg),
             exclude_session=session.id,
         )
+        self._router.metrics.message_in("group")
         if self._router.durable.enabled:
             self._router.durable.send_to_group(session, command.group, envelope, command.id)
             return
@@ -153,6 +156,7 @@ class Inbound:
     def _send_to_user(self, session: Session, command: codec.SendToUser) -> None:
         data = codec.private_message(session.user, command.to, command.msg)
         envelope = Envelope(self._backend.node_id, session.id, data, exclude_session=session.id)
+        self._router.metrics.message_in("private")
         if self._router.durable.enabled:
             self._router.durable.send_to_user(
                 session, command.to, envelope, command.id,
