@@ -302,27 +302,31 @@ def observer_mismatches(result: SoakResult) -> list[str]:
             if got != want:
                 problems.append(f"{name}: {len(want - got)} missing (e.g. {sorted(want - got)[:3]}), "
                                 f"{len(got - want)} unexpected (e.g. {sorted(got - want)[:3]})")
+    if not any(expected.values()):
+        problems.append("no observer was sent anything: nothing was checked")
     return problems
 
 
-def poll(what: str, check: Callable[[], Any], timeout: float = 60) -> Any:
-    """``check()`` until it returns a true value; fail with its last value."""
+def poll(what: str, problem: Callable[[], Any], timeout: float = 60) -> None:
+    """Call ``problem()`` until it returns nothing; fail with what it last said."""
     deadline = time.monotonic() + timeout
     while True:
-        value = check()
-        if value:
-            return value
+        value = problem()
+        if not value:
+            return
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: still {value!r} after {timeout} s")
         time.sleep(0.2)
 
 
-def counts_zero(nodes: list[ServerProcess]) -> Callable[[], Any]:
-    def check() -> Any:
-        state = [health(n).get("router") for n in nodes]
-        return True if all(s and not any(s.values()) for s in state) else state or None
+def counts_left(nodes: list[ServerProcess]) -> Callable[[], Any]:
+    """Each node's router counts, unless every one of them is zero."""
 
-    return check
+    def problem() -> Any:
+        state = [health(n).get("router") for n in nodes]
+        return None if all(s and not any(s.values()) for s in state) else state
+
+    return problem
 
 
 def presence_left(node: ServerProcess, groups: set[str], names: list[str]) -> list[str]:

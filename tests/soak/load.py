@@ -210,6 +210,7 @@ class Worker:
         self.stats = Stats()
         self.clients = [Client(self, s) for s in range(cfg.connections) if s % cfg.workers == index]
         self.observers = cfg.observer_names()
+        self.others = [c for c in self.clients if not c.observer]
         # Handshakes in flight: more only overflows the server's listen backlog.
         self.opening = asyncio.Semaphore(32)
         self.one_offs = 0
@@ -217,8 +218,11 @@ class Worker:
         self.lags: list[float] = []
 
     def someone(self, rng: random.Random) -> str:
-        """A user who is probably online (the race with reconnects is allowed)."""
-        client = rng.choice(self.clients)
+        """
+        A user who is probably online (the race with reconnects is allowed);
+        never an observer, who must get only acked messages.
+        """
+        client = rng.choice(self.others)
         return client.conn.name if client.conn is not None else f"u{client.slot}"
 
     async def measure_lag(self, stop: asyncio.Event) -> None:
@@ -245,8 +249,9 @@ class Worker:
         send(("quiet", self.index, cpu))
         await loop.run_in_executor(None, wait, "flush")
         await self.await_flush(deadline=loop.time() + 120)
+        observed = self.observed()  # before the connections go
         await asyncio.gather(*(c.disconnect() for c in self.clients))
-        send(("result", self.index, self.report(cpu)))
+        send(("result", self.index, {**self.report(cpu), "observed": observed}))
 
     async def connect_first(self, client: Client) -> None:
         for _ in range(3):
@@ -271,15 +276,17 @@ class Worker:
             if c.conn is not None and not want <= c.conn.flushes:
                 self.stats.violation("flush_missing", f"{c.conn.name}: {sorted(want - c.conn.flushes)}")
 
-    def report(self, cpu: float) -> dict[str, Any]:
-        lags = sorted(self.lags) or [0.0]
-        observed = {
+    def observed(self) -> dict[str, Any]:
+        """Each observer's key, groups and every message id it received."""
+        return {
             c.conn.name: (c.conn.key, sorted(c.cfg.observer_groups(c.slot)), c.conn.observed)
             for c in self.clients if c.observer and c.conn is not None
         }
+
+    def report(self, cpu: float) -> dict[str, Any]:
+        lags = sorted(self.lags) or [0.0]
         return {
             "stats": self.stats,
-            "observed": observed,
             "cpu": cpu,
             "lag_p99": lags[min(len(lags) - 1, int(len(lags) * 0.99))],
             "lag_max": lags[-1],
