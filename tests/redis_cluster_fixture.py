@@ -103,13 +103,16 @@ class RedisClusterServers(_Processes):
     def start(self) -> None:
         for port in self.ports:
             self.spawn(port, "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
-                       "--cluster-node-timeout", str(NODE_TIMEOUT_MS))
+                       "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+                       # A replica always stands for election, however old its data.
+                       "--cluster-replica-validity-factor", "0")
         subprocess.run(
             ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
              "--cluster-replicas", "1", "--cluster-yes"],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=30,
         )
         _wait(self.healthy, 20, "cluster not ok")
+        _wait(self.replicas_synced, 20, "replicas not in sync")
 
     def client(self, port: int) -> redis.Redis:
         return redis.Redis(port=port, socket_timeout=2)
@@ -117,6 +120,11 @@ class RedisClusterServers(_Processes):
     def healthy(self) -> bool:
         alive = [p for p in self.ports if p in self.processes]
         return all(self.client(p).cluster("info")["cluster_state"] == "ok" for p in alive)
+
+    def replicas_synced(self) -> bool:
+        roles = [self.client(p).info("replication") for p in self.ports]
+        replicas = [r for r in roles if r["role"] == "slave"]
+        return len(replicas) == 3 and all(r["master_link_status"] == "up" for r in replicas)
 
     def masters(self) -> dict[int, list[tuple[int, int]]]:
         """Port of each live master -> its slot ranges."""
