@@ -103,7 +103,7 @@ def test_group_and_private_messages_cross_nodes_exactly(cluster) -> None:
             assert_silent(ws, 0.1)
 
 
-def test_native_presence_join_leave_and_who_across_nodes(cluster) -> None:
+def test_native_presence_join_leave_and_who_across_nodes(cluster, request: pytest.FixtureRequest) -> None:
     one, two, three = cluster
     with connect(f"{one.ws}/ws/nat", subprotocols=NATIVE) as nat:
         assert recv_json(nat)["type"] == "welcome"
@@ -131,8 +131,15 @@ def test_native_presence_join_leave_and_who_across_nodes(cluster) -> None:
             mx.send(json.dumps({"type": "leave", "group": "dev", "id": "4"}))
             assert recv_kind(nat, "presence") == {"type": "presence", "event": "leave", "user": "max", "group": "dev"}
             assert who(nat, "dev") == ["nat"]
-        assert recv_kind(nat, "presence") == {"type": "presence", "event": "leave", "user": "max", "group": "lobby"}
-        assert recv_kind(nat, "presence") == {"type": "presence", "event": "offline", "user": "max"}
+        last = [recv_kind(nat, "presence"), recv_kind(nat, "presence")]
+        expected = [
+            {"type": "presence", "event": "leave", "user": "max", "group": "lobby"},
+            {"type": "presence", "event": "offline", "user": "max"},
+        ]
+        if request.node.callspec.params["cluster"] == "redis-cluster":
+            # Two channels on two shards: each in order, not with each other.
+            last.sort(key=lambda f: f["event"])
+        assert last == expected
         assert who(nat) == ["nat"]
 
 

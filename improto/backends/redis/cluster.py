@@ -26,7 +26,11 @@ publishes to a slot whose master is away fail at once with
 rest are delivered. ``health()`` is OK only when every slot has a ready
 master; its detail lists every shard.
 
-Delivery guarantees are those of the standalone backend, per shard.
+Delivery guarantees are those of the standalone backend, per shard:
+envelopes one node publishes on one channel reach each node in publish
+order, but two channels on two shards are two streams, so an envelope on
+one may overtake an earlier one on the other (the router's "left the
+lobby" and "went offline" events, for instance).
 """
 
 from __future__ import annotations
