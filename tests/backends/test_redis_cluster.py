@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+import redis
 from twisted.internet import reactor
 
 from improto.backends.interface import BackendState, BackendUnavailable
@@ -205,3 +206,38 @@ async def test_a_killed_master_fails_over_and_delivery_resumes(fresh_redis_clust
     # Presence moved with the slots: the promoted replica has it (or the node re-registered it).
     await a.presence_add("online", "alice")
     assert await b.presence_members("online") == ["alice"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_ask_during_a_slot_migration_is_followed(redis_cluster, cluster_nodes) -> None:
+    """
+    A presence scope's slot is MIGRATING on its master and IMPORTING on
+    another; its key is not on the source yet, so the source answers
+    ``ASK``: the node sends ``ASKING`` and the script to the target, and
+    keeps its slot map (an ASK is one command's detour, not a move).
+    """
+    a = cluster_nodes(redis_cluster.url, "node-a")
+    await a.start()
+    scope = f"group:ask-{uuid.uuid4().hex[:6]}"
+    key = a.presence.store.scope_key(scope)
+    slot = key_slot(key)
+    source = redis_cluster.owner_of_slot(slot)
+    target = next(p for p in redis_cluster.masters() if p != source)
+    ids = {p: redis_cluster.client(p).execute_command("CLUSTER", "MYID") for p in (source, target)}
+    redis_cluster.client(target).execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source])
+    redis_cluster.client(source).execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target])
+    try:
+        assert await a.presence_add(scope, "alice") is True
+        on_target = redis.Redis(port=target, socket_timeout=2, single_connection_client=True)
+        on_target.execute_command("ASKING")
+        assert on_target.hkeys(key) == [b"alice"]
+        on_target.close()
+        with pytest.raises(redis.exceptions.AskError):  # not on the source: it redirects
+            redis_cluster.client(source).hkeys(key)
+        assert a.owner_of(key) == ("127.0.0.1", source)
+    finally:
+        for port in redis_cluster.masters():
+            redis_cluster.client(port).execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[target])
+    # The migration is over; the stale map meets MOVED on a script too.
+    assert await a.presence_members(scope) == ["alice"]
+    assert a.owner_of(key) == ("127.0.0.1", target)
