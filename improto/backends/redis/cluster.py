@@ -36,6 +36,7 @@ lobby" and "went offline" events, for instance).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
@@ -70,6 +71,9 @@ REFRESH_POLL = 0.2
 @implementer(IBackend)
 class ClusterBackend:
     """See the module docstring; build one with :meth:`from_url`."""
+
+    #: Called with each SPUBLISH's Deferred (improto.metrics times it).
+    publish_observer: Callable[[Deferred[int]], None] | None = None
 
     def __init__(self, seeds: list[Address], address: RedisAddress, options: RedisOptions, reactor: Any) -> None:
         self.seeds = seeds
@@ -237,6 +241,11 @@ class ClusterBackend:
     def health(self) -> BackendHealth:
         return BackendHealth(self._state, self._detail)
 
+    @property
+    def channels_subscribed(self) -> int:
+        """Sharded channels confirmed on the masters' connections (a metric)."""
+        return self.subs.active
+
     # -- life cycle -------------------------------------------------------
 
     def start(self) -> Deferred[None]:
@@ -310,6 +319,8 @@ class ClusterBackend:
             return fail()
         self.stats.published += 1
         d = self.commands.execute(b"SPUBLISH", self.prefix + channel.encode("utf-8"), payload)
+        if self.publish_observer is not None:
+            self.publish_observer(d)
         return d.addErrback(as_unavailable, "SPUBLISH")
 
     def subscribe(self, channel: str, callback: EnvelopeCallback) -> Deferred[None]:
