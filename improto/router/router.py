@@ -75,6 +75,18 @@ class Router:
         """Backend channels this node holds for its sessions (the metrics read it)."""
         return len(self._subscriptions)
 
+    def counts(self) -> dict[str, int]:
+        """
+        What this node holds (read-only, for ``/healthz``): all zero once
+        every client has left, so a soak test can see that nothing leaks.
+        """
+        return {
+            "sessions": len(self._table.by_id),
+            "users": len(self._table.by_user),
+            "groups": len(self._groups),
+            "channels": len(self._subscriptions),
+        }
+
     # -- connections -------------------------------------------------------
 
     def prepare(self, user: str | None = None) -> Deferred[Ticket]:
