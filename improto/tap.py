@@ -104,7 +104,11 @@ class Options(usage.Options):
     ]
     optParameters = [
         ["port", "p", "tcp:8080", "Endpoint to listen on, e.g. tcp:8080 or ssl:8443:privateKey=key.pem."],
-        ["backend", "b", "memory://", "Delivery backend: memory:// or redis://HOST:PORT/DB."],
+        ["backend", "b", "memory://",
+         "Delivery backend: memory://, redis://HOST:PORT/DB, "
+         "redis-cluster://HOST:PORT,HOST:PORT/ (Redis 7 Cluster, sharded pub/sub) or "
+         "redis-sentinel://HOST:PORT,HOST:PORT/MASTER/DB (the master Sentinel names). "
+         "Options as ?name=value, e.g. ?prefix=chat:."],
         ["max-message-size", None, str(_LIMITS.max_message_size), "Longest chat message in bytes."],
         ["allowed-origins", None, None,
          "Comma-separated Origin patterns that may open WebSockets besides the server's own "

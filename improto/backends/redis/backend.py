@@ -149,7 +149,12 @@ class RedisBackend:
             on_retry_failed=self._retry_failed,
             on_message=on_message,
             select_db=on_message is None,
+            endpoint=self._endpoint(),
         )
+
+    def _endpoint(self) -> Any:
+        """Where the links connect; ``None`` is ``address``. The Sentinel backend asks Sentinel."""
+        return None
 
     @classmethod
     def from_url(cls, url: str, reactor: Any = None, prefix: str | None = None, **options: Any) -> RedisBackend:
