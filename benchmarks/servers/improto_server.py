@@ -60,6 +60,11 @@ def main() -> None:
         "twistd", "-n", "--pidfile=", "improto",
         "--port", f"tcp:{args.port}:interface={args.host}"
         + (f":backlog={args.backlog}" if args.backlog else ""), "--rate", args.rate,
+        # The load generator is one address opening thousands of connections,
+        # and its receivers share a few nicknames: lift the per-address and
+        # per-user limits a public deployment keeps.
+        "--max-connections-per-ip", "0", "--max-handshakes-per-ip", "0",
+        "--max-connections-per-user", "0",
     ]
     if args.backend:
         sys.argv += ["--backend", args.backend]

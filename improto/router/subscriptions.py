@@ -28,6 +28,10 @@ class Subscriptions:
     def __contains__(self, channel: str) -> bool:
         return channel in self._refs
 
+    def __len__(self) -> int:
+        """Channels subscribed (or being subscribed) for local sessions."""
+        return len(self._refs)
+
     def hold(self, channel: str, callback: EnvelopeCallback) -> Deferred[None]:
         refs = self._refs.get(channel, 0)
         self._refs[channel] = refs + 1
