@@ -12,8 +12,10 @@ text for a coercer's error, and a traceback for a bad path.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
@@ -24,6 +26,7 @@ from improto.auth import announce, authenticator_from_options
 from improto.backends.url import check_backend_url
 from improto.router.limits import RouterLimits
 from improto.settings import Settings
+from improto.workers import check_workers
 
 _log = Logger()
 _SETTINGS = Settings()
@@ -73,6 +76,7 @@ _NUMBERS: dict[str, Callable[[str], float]] = {
     "idle-timeout": _non_negative_float,
     "max-header-size": _positive_int,
     "auth-leeway": _non_negative_float,
+    "workers": _positive_int,
 }
 
 
@@ -118,7 +122,14 @@ class Options(usage.Options):
         ["auth-audience", None, None, "Token mode: the aud every token must name."],
         ["auth-issuer", None, None, "Token mode: the iss every token must name."],
         ["auth-leeway", None, "30", "Token mode: seconds of clock skew allowed on exp/nbf."],
+        ["workers", None, "1", "Worker processes sharing --port, e.g. one per core; more than 1 needs "
+         "a redis:// backend and a tcp: port (see improto.workers)."],
     ]
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        # Kept for --workers: each worker parses the same arguments.
+        self.argv = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
 
     def postOptions(self) -> None:
         for name, parse in _NUMBERS.items():
@@ -143,6 +154,10 @@ class Options(usage.Options):
                 check_reachable(self["backend"], timeout=3.0)
             except Exception as e:  # any failure here is the user's to read
                 raise _fail(str(e)) from None
+        try:
+            check_workers(self["workers"], scheme, self["port"])
+        except ValueError as e:
+            raise _fail(str(e)) from None
         self["allowed-origins"] = _origins(self["allowed-origins"])
         self["echo-path"] = _echo_path(self["echo-path"], self["no-echo"])
         if self["static"] is not None:
@@ -181,6 +196,17 @@ def _check_static(path: str) -> None:
 
 
 def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    if options["workers"] > 1:
+        from improto.workers import Supervisor
+
+        return Supervisor(options.argv, options["workers"], options["port"], reactor)
+    return build_service(options)
+
+
+def build_service(options: Options, endpoint: Any = None, node_id: str | None = None) -> IService:
+    """One node's service; a ``--workers`` worker passes its adopted socket and node id."""
     from twisted.internet import endpoints, reactor
 
     from improto.backends.url import backend_from_url
@@ -216,8 +242,8 @@ def makeService(options: Options) -> IService:
         burst=options["rate"] * 2,
         max_groups=options["max-groups"],
     )
-    backend = backend_from_url(options["backend"], reactor)
+    backend = backend_from_url(options["backend"], reactor, node_id=node_id)
     router = Router(backend, limits=limits, clock=time.monotonic)
     site = GuardedSite(root_resource(router, settings, reactor, options["static"]), settings, reactor)
-    endpoint = endpoints.serverFromString(reactor, options["port"])
+    endpoint = endpoint or endpoints.serverFromString(reactor, options["port"])
     return ImprotoService(router, endpoint, site, settings, reactor, options["port"])
