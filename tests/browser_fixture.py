@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.serverproc import ServerProcess, start_server
+from tests.serverproc import ServerProcess, serving
 
 HOST = "127.0.0.1"
 CHROMIUM = "/usr/bin/chromium"
@@ -40,6 +40,14 @@ CHROMIUM_ARGS = [
 #: Upper bound for every wait in the browser tests, in milliseconds.
 TIMEOUT_MS = 10_000
 
+try:
+    from playwright.sync_api import Page, expect
+except ImportError:  # the browser fixture reports it as a failure
+    Page = Any  # type: ignore[misc,assignment]
+    expect = None  # type: ignore[assignment]
+else:
+    expect.set_options(timeout=TIMEOUT_MS)
+
 
 RunningServer = ServerProcess
 
@@ -52,14 +60,7 @@ def improto_server() -> Iterator[ServerProcess]:
     ``http://127.0.0.1:<their port>``), as a real deployment would list the
     sites whose pages may connect.
     """
-    server = start_server("--allowed-origins", f"http://{HOST}:*")
-    try:
-        yield server
-    finally:
-        died = server.process.poll() is not None
-        server.stop()
-    if died:
-        pytest.fail(f"the improto server died during the tests:\n{server.log()}")
+    yield from serving("--allowed-origins", f"http://{HOST}:*")
 
 
 def serve_pages(pages: dict[str, bytes], host: str = HOST) -> tuple[str, Callable[[], None]]:

@@ -14,6 +14,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import attrs
@@ -88,6 +89,22 @@ def start_server(
         server.stop()
         raise RuntimeError(f"{e}\n--- server log ---\n{server.log()}") from None
     return server
+
+
+def serving(*args: str, **kwargs: Any) -> Iterator[ServerProcess]:
+    """
+    A generator for fixtures: :func:`start_server`, yield it, stop it, and
+    fail the test if the server died meanwhile (a crash must not pass as a
+    refusal the test expected).
+    """
+    server = start_server(*args, **kwargs)
+    try:
+        yield server
+    finally:
+        died = server.process.poll() is not None
+        server.stop()
+    if died:
+        pytest.fail(f"the improto server died during the tests:\n{server.log()}")
 
 
 @pytest.fixture

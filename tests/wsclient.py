@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import json
 import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from tests import wsframes
@@ -59,3 +62,24 @@ def read_close_code(sock: socket.socket) -> int:
         if closes:
             return wsframes.close_code(closes[0])
     raise AssertionError("connection ended without a close frame")
+
+
+@contextmanager
+def chatting(server: Any) -> Iterator[Callable[[], None]]:
+    """
+    Two users, alice and bob, in the lobby of ``server`` (a
+    ``tests.serverproc.ServerProcess``); the callable checks that they still
+    talk, and is called once more on the way out: whatever the test did to
+    the server, other users' sessions kept working.
+    """
+    from websockets.sync.client import connect
+
+    with connect(server.ws_url("alice")) as alice, connect(server.ws_url("bob")) as bob:
+        def still_chatting() -> None:
+            text = f"still here {time.monotonic()}"
+            alice.send(text)
+            assert recv_json(bob)["msg"] == text
+
+        still_chatting()
+        yield still_chatting
+        still_chatting()

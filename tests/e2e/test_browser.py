@@ -21,20 +21,13 @@ from typing import Any
 import pytest
 
 from tests import browser_fixture
-from tests.browser_fixture import TIMEOUT_MS, RunningServer
+from tests.browser_fixture import TIMEOUT_MS, Page, RunningServer, expect
 from tests.serverproc import start_server
 
 # The shared fixtures, made this module's own.
 browser = browser_fixture.browser
 improto_server = browser_fixture.improto_server
 
-try:
-    from playwright.sync_api import Page, expect
-except ImportError:  # the browser fixture reports it as a failure
-    Page = Any  # type: ignore[misc,assignment]
-    expect = None  # type: ignore[assignment]
-else:
-    expect.set_options(timeout=TIMEOUT_MS)
 
 SEED_PAGES = Path(__file__).parent / "fixtures" / "seed_pages"
 SEED_ADDRESS = "127.0.0.1:5000"

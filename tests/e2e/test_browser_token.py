@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests import browser_fixture
 from tests.auth import tokens
 from tests.auth.tokens import claims
-from tests.browser_fixture import TIMEOUT_MS
+from tests.browser_fixture import Page, expect
 from tests.e2e import test_browser
 from tests.e2e.test_browser import member, messages, send, texts
 from tests.serverproc import ServerProcess, start_server
@@ -24,13 +23,6 @@ from tests.serverproc import ServerProcess, start_server
 browser = browser_fixture.browser
 new_page = test_browser.new_page
 
-try:
-    from playwright.sync_api import Page, expect
-except ImportError:  # the browser fixture reports it as a failure
-    Page = Any  # type: ignore[misc,assignment]
-    expect = None  # type: ignore[assignment]
-else:
-    expect.set_options(timeout=TIMEOUT_MS)
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from improto.protocol import codec, jsontext
-from tests.protocol.fuzzing import NAMES, POISON, TYPES
+from improto.protocol import codec
+from tests.protocol.fuzzing import NAMES, POISON, TYPES, browser_json, meant_native
 from tests.serverproc import ServerProcess, start_server
 
 FRAMES = int(os.environ.get("FUZZ_FRAMES", "300"))
@@ -30,28 +30,7 @@ TIMEOUT = 5
 NATIVE = ["improto.v1"]
 
 
-def browser_json(data: str | bytes) -> dict:
-    """What a browser's JSON.parse accepts (no NaN/Infinity), as an object with a type."""
-    assert isinstance(data, str), f"binary frame {data[:40]!r}"
 
-    def refuse(constant: str) -> None:
-        raise AssertionError(f"{constant} in {data[:200]!r}")
-
-    value = json.loads(data, parse_constant=refuse)
-    data.encode("utf-8")  # no lone surrogates
-    assert isinstance(value, dict) and isinstance(value.get("type"), str), data[:200]
-    return value
-
-
-def meant_native(text: str) -> bool:
-    """A frame that must never reach others verbatim (see docs/protocol.md)."""
-    if not codec.looks_native(text):
-        return False
-    try:
-        obj = jsontext.parse(text)
-    except jsontext.JsonRefused:
-        return True
-    return not (isinstance(obj, dict) and "type" not in obj)
 
 
 class Frames:

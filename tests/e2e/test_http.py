@@ -12,17 +12,14 @@ import hashlib
 import json
 import re
 import subprocess
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from websockets.sync.client import connect
 
 from tests import browser_fixture, rawhttp
 from tests.serverproc import ServerProcess, start_server, twistd_path
+from tests.wsclient import chatting
 
 TIMEOUT = 5
 PAGE = Path(__file__).resolve().parents[2] / "improto" / "web" / "static" / "index.html"
@@ -30,17 +27,6 @@ PAGE = Path(__file__).resolve().parents[2] / "improto" / "web" / "static" / "ind
 browser = browser_fixture.browser
 
 
-@contextmanager
-def chatting(server: ServerProcess) -> Iterator[Callable[[], None]]:
-    """Two users in the lobby; the callable checks they still talk."""
-    with connect(server.ws_url("alice")) as alice, connect(server.ws_url("bob")) as bob:
-        def still_chatting() -> None:
-            text = f"still here {time.monotonic()}"
-            alice.send(text)
-            assert json.loads(bob.recv(timeout=TIMEOUT))["msg"] == text
-
-        still_chatting()
-        yield still_chatting
 
 
 @pytest.mark.parametrize("path", ["/ws/alice", "/echo", "/ws/"])

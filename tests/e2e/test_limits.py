@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
@@ -19,6 +19,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from tests import rawhttp
 from tests.serverproc import ServerProcess, start_server
+from tests.wsclient import chatting
 
 TIMEOUT = 5
 
@@ -36,18 +37,6 @@ def running(*args: str) -> Iterator[ServerProcess]:
         server.stop()
 
 
-@contextmanager
-def chatting(server: ServerProcess) -> Iterator[Callable[[], None]]:
-    """Two users in the lobby; the callable checks they still talk."""
-    with connect(server.ws_url("alice")) as alice, connect(server.ws_url("bob")) as bob:
-        def still_chatting() -> None:
-            text = f"still here {time.monotonic()}"
-            alice.send(text)
-            assert recv_json(bob)["msg"] == text
-
-        still_chatting()
-        yield still_chatting
-        still_chatting()
 
 
 def wait_for_log(server: ServerProcess, text: str, timeout: float = TIMEOUT) -> str:

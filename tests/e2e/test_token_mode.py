@@ -26,7 +26,7 @@ from websockets.sync.client import ClientConnection, connect
 from tests import wsframes
 from tests.auth import tokens
 from tests.auth.tokens import claims
-from tests.serverproc import ServerProcess, start_server, twistd_path
+from tests.serverproc import ServerProcess, serving, start_server, twistd_path
 
 TIMEOUT = 5
 AUD, ISS = "chat.test", "improto-tests"
@@ -63,15 +63,8 @@ def secret_file(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="module")
 def token_server(secret_file: str) -> Iterator[ServerProcess]:
-    server = start_server("--rate", "0", "--auth-secret", secret_file,
-                          "--auth-audience", AUD, "--auth-issuer", ISS)
-    try:
-        yield server
-    finally:
-        died = server.process.poll() is not None
-        server.stop()
-    if died:
-        pytest.fail(f"the server died during the tests:\n{server.log()}")
+    yield from serving("--rate", "0", "--auth-secret", secret_file,
+                       "--auth-audience", AUD, "--auth-issuer", ISS)
 
 
 def token(sub: str, **extra) -> str:

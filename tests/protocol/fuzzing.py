@@ -106,3 +106,36 @@ frames = st.one_of(
     mutated(seed_texts),
     st.lists(st.sampled_from(POISON), max_size=6).map("".join),
 )
+
+
+def browser_json(data: str | bytes) -> dict[str, Any]:
+    """
+    What a browser's ``JSON.parse`` accepts (no NaN/Infinity, no lone
+    surrogates), as an object with a string ``type``: every frame improto
+    sends must pass this.
+    """
+    if isinstance(data, bytes):
+        data = data.decode("utf-8")
+    assert isinstance(data, str), f"binary frame {data[:40]!r}"
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} in {data[:200]!r}")
+
+    value = json.loads(data, parse_constant=refuse)
+    data.encode("utf-8")  # no lone surrogates
+    assert isinstance(value, dict) and isinstance(value.get("type"), str), data[:200]
+    return value
+
+
+def meant_native(text: str) -> bool:
+    """A frame that must never reach others verbatim (see docs/protocol.md):
+    it looks native and is not a well-formed seed object."""
+    from improto.protocol import codec, jsontext
+
+    if not codec.looks_native(text):
+        return False
+    try:
+        obj = jsontext.parse(text)
+    except jsontext.JsonRefused:
+        return True
+    return not (isinstance(obj, dict) and "type" not in obj)

@@ -14,33 +14,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from improto.backends.memory import MemoryHub
-from improto.protocol import codec, jsontext
+from improto.protocol import codec
 from improto.router import RouterLimits
 from tests.fakes import FakeClock, FakeLink, make_router
-from tests.protocol.fuzzing import frames
+from tests.protocol.fuzzing import browser_json, frames, meant_native
 
 USERS = ["alice", "bob", "café", "小二"]
 REPLIES = ("ack", "error", "who")
 
 
-def browser_json(data: bytes) -> dict:
-    def refuse(constant: str) -> None:
-        raise AssertionError(f"{constant} sent to a client")
 
-    value = json.loads(data.decode("utf-8"), parse_constant=refuse)
-    assert isinstance(value, dict) and isinstance(value.get("type"), str), value
-    return value
-
-
-def meant_native(text: str) -> bool:
-    """Looks native and is not a well-formed seed object (which may be verbatim)."""
-    if not codec.looks_native(text):
-        return False
-    try:
-        obj = jsontext.parse(text)
-    except jsontext.JsonRefused:
-        return True
-    return not (isinstance(obj, dict) and "type" not in obj)
 
 
 @attrs.define(eq=False)
