@@ -16,6 +16,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import pytest
@@ -58,17 +59,17 @@ def worker_of(node: str) -> int:
     return int(match.group(1))
 
 
-def open_native(server: ServerProcess, nick: str) -> tuple[Any, str]:
-    ws = connect(server.ws_url(nick), subprotocols=NATIVE, open_timeout=10)
+def open_native(stack: ExitStack, server: ServerProcess, nick: str) -> tuple[Any, str]:
+    ws = stack.enter_context(connect(server.ws_url(nick), subprotocols=NATIVE, open_timeout=10))
     return ws, node_of(recv_json(ws))
 
 
-def open_on_both(server: ServerProcess, count: int = 40) -> list[tuple[Any, str]]:
+def open_on_both(stack: ExitStack, server: ServerProcess, count: int = 40) -> list[tuple[Any, str]]:
     """``count`` connections (more if needed, up to 3x) until both workers hold some."""
     opened: list[tuple[Any, str]] = []
     while len(opened) < count or len({worker_of(n) for _, n in opened}) < 2:
         assert len(opened) < 3 * count, f"all {len(opened)} connections went to one worker"
-        opened.append(open_native(server, f"u{len(opened)}"))
+        opened.append(open_native(stack, server, f"u{len(opened)}"))
     return opened
 
 
@@ -84,8 +85,8 @@ def workers(redis_url: str, redis_prefix: str) -> Iterator[ServerProcess]:
 
 
 def test_both_workers_accept_and_deliver_to_each_other(workers) -> None:
-    opened = open_on_both(workers)
-    try:
+    with ExitStack() as stack:
+        opened = open_on_both(stack, workers)
         by_worker = {worker_of(node): ws for ws, node in opened}
         assert len({node for _, node in opened}) == 2  # one node id per worker
         a, b = by_worker[1], by_worker[2]
@@ -96,9 +97,6 @@ def test_both_workers_accept_and_deliver_to_each_other(workers) -> None:
         assert recv_kind(a, "ack")["id"] == "m"
         got = recv_kind(b, "message")
         assert (got["group"], got["msg"]) == ("dev", "from worker 1")
-    finally:
-        for ws, _ in opened:
-            ws.close()
 
 
 def test_healthz_answers_on_every_worker(workers) -> None:
@@ -117,11 +115,13 @@ def test_healthz_answers_on_every_worker(workers) -> None:
 
 def test_a_killed_worker_is_restarted_and_the_port_keeps_serving(workers) -> None:
     (victim,) = worker_pids(workers, 1)
+    old_incarnations = set(re.findall(r"node [A-Za-z0-9]+\.w1\.([0-9a-f]+) connected", workers.log()))
+    assert len(old_incarnations) == 1
     os.kill(victim, signal.SIGKILL)
     wait_until(lambda: len(worker_pids(workers, 1)) == 2, "worker 1 to be restarted")
     # The port served throughout: worker 2 answers while worker 1 comes back.
-    ws, node = open_native(workers, "during")
-    ws.close()
+    with ExitStack() as stack:
+        open_native(stack, workers, "during")
     wait_until(lambda: len(re.findall(r"\[worker 1\] improto listening on", workers.log())) == 2,
                "the new worker 1 to listen")
     restarted = worker_pids(workers, 1)[1]
@@ -131,23 +131,22 @@ def test_a_killed_worker_is_restarted_and_the_port_keeps_serving(workers) -> Non
     assert log.count("restarting it in") == 1
     assert "Traceback" not in log
     # The new worker 1 accepts connections under a new node id.
-    opened = open_on_both(workers, 10)
-    try:
-        assert {worker_of(n) for _, n in opened} == {1, 2}
-    finally:
-        for ws, _ in opened:
-            ws.close()
+    with ExitStack() as stack:
+        nodes = {n for _, n in open_on_both(stack, workers, 10)}
+    assert {worker_of(n) for n in nodes} == {1, 2}
+    assert not any(n.split(".")[2] == before for n in nodes for before in old_incarnations)
 
 
 def test_sigterm_closes_every_client_with_1001_and_exits_0(workers) -> None:
-    opened = open_on_both(workers, 10)
-    pids = worker_pids(workers, 1) + worker_pids(workers, 2)
-    assert workers.stop(signal.SIGTERM, timeout=20) == 0
-    for ws, _ in opened:
-        with pytest.raises(ConnectionClosed) as closed:
-            while True:
-                ws.recv(timeout=5)
-        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+    with ExitStack() as stack:
+        opened = open_on_both(stack, workers, 10)
+        pids = worker_pids(workers, 1) + worker_pids(workers, 2)
+        assert workers.stop(signal.SIGTERM, timeout=30) == 0
+        for ws, _ in opened:
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    ws.recv(timeout=5)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
     for pid in pids:
         wait_until(lambda pid=pid: not os.path.exists(f"/proc/{pid}"), f"worker pid {pid} to be gone")
     log = workers.log()
@@ -163,3 +162,18 @@ def test_workers_with_the_memory_backend_fail_in_one_line(tmp_path) -> None:
     output = (result.stdout + result.stderr).strip()
     assert result.returncode == 1
     assert output == "twistd improto: --workers needs a shared backend: --backend redis://..."
+
+
+def test_workers_on_a_tls_port_fail_in_one_line(tmp_path, redis_url) -> None:
+    from tests.e2e.test_end_to_end import self_signed_certificate
+
+    key, cert = self_signed_certificate(tmp_path)
+    port = f"ssl:8443:privateKey={key}:certKey={cert}"
+    result = subprocess.run(
+        [twistd_path(), "-n", "--pidfile=", "improto", "--workers", "2", "--backend", redis_url, "--port", port],
+        cwd=tmp_path, capture_output=True, text=True, timeout=30,
+    )
+    output = (result.stdout + result.stderr).strip()
+    assert result.returncode == 1
+    assert output.count("\n") == 0 and "Traceback" not in output
+    assert output.startswith("twistd improto: --workers needs a tcp: or tcp6: --port")
