@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -191,7 +192,14 @@ def seed_python(log: Callable[[str], object] = print) -> Path:
 
 
 class Server:
-    def __init__(self, name: str, argv: list[str], port: int, log_path: Path) -> None:
+    """
+    One server process. ``cpus``: the CPUs it may run on (default: the
+    server CPU; ``None``: wherever the scheduler puts it).
+    """
+
+    def __init__(self, name: str, argv: list[str], port: int, log_path: Path,
+                 cpus: set[int] | None | str = "server") -> None:
+        self.cpus = cpus
         self.name = name
         self.argv = argv
         self.port = port
@@ -208,7 +216,7 @@ class Server:
         env.pop("PYTHONUNBUFFERED", None)  # the seeds print a lot: keep stdout buffered
         self.proc = subprocess.Popen(
             self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=tempfile.gettempdir(), env=env, preexec_fn=pin_to_server_cpu,
+            cwd=tempfile.gettempdir(), env=env, preexec_fn=self._pin,
         )
         log.close()
         try:
@@ -216,6 +224,14 @@ class Server:
         except RuntimeError as e:
             self.stop()
             raise RuntimeError(f"{self.name}: {e}; log:\n{self.tail()}") from None
+
+    def _pin(self) -> None:
+        if self.cpus == "server":
+            pin_to_server_cpu()
+        elif isinstance(self.cpus, set) and can_pin():
+            os.sched_setaffinity(0, self.cpus)
+        elif self.cpus is None and hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, range(os.cpu_count() or 1))
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc is not None:
@@ -244,6 +260,13 @@ def improto_argv(port: int, *extra: str) -> list[str]:
 
 def stock_autobahn_argv(port: int) -> list[str]:
     return [sys.executable, str(HERE / "servers" / "stock_autobahn.py"), "127.0.0.1", str(port)]
+
+
+def redis_argv(port: int, workdir: Path) -> list[str]:
+    """A private, non-persistent redis-server on ``port`` (loopback only)."""
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    return [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", str(workdir), "--logfile", ""]
 
 
 def seed_argv(python: Path, script: str, port: int) -> list[str]:

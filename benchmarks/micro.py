@@ -227,7 +227,8 @@ def improto_factory() -> Any:
     from improto.settings import Settings
     from improto.web.chat import ChatServerFactory
 
-    settings = Settings()
+    # One address, hundreds of connections: no per-address or per-user limit.
+    settings = Settings(max_connections_per_ip=0, max_connections_per_user=0)
     backend = MemoryBackend()
     backend.start()
     router = Router(backend, limits=RouterLimits(rate=0, burst=0))

@@ -4,6 +4,8 @@ improto's performance targets, measured against baselines in the same run.
     python benchmarks/run.py            # full run, under 5 minutes
     python benchmarks/run.py --quick    # about a minute
     python benchmarks/run.py --only fanout,churn --servers improto,seed-003
+    python benchmarks/run.py --peers    # improto vs its peers, compiled generator (peers.py)
+    python benchmarks/run.py --smoke    # the same with tiny counts (tests/test_benchmarks_smoke.py)
 
 Servers (each started fresh for each scenario, pinned to CPU 0):
 
@@ -184,8 +186,14 @@ def micro_table(rows: list[dict[str, Any]] | str) -> str:
 
 
 def main() -> None:
+    if "--peers" in sys.argv[1:] or "--smoke" in sys.argv[1:]:
+        import peers_report
+
+        sys.exit(peers_report.main(sys.argv[1:]))
     parser = argparse.ArgumentParser(description="improto benchmarks (see benchmarks/README.md)")
     parser.add_argument("--quick", action="store_true", help="about one minute")
+    parser.add_argument("--peers", action="store_true",
+                        help="improto vs its peers instead (see peers.py; --peers --help)")
     parser.add_argument("--only", help=f"comma-separated scenarios of {','.join(SCENARIOS)}")
     parser.add_argument("--servers", help=f"comma-separated servers of {','.join(SERVERS)}")
     parser.add_argument("--no-micro", action="store_true", help="skip the micro-benchmark")

@@ -122,6 +122,10 @@ class Options(usage.Options):
         ["auth-audience", None, None, "Token mode: the aud every token must name."],
         ["auth-issuer", None, None, "Token mode: the iss every token must name."],
         ["auth-leeway", None, "30", "Token mode: seconds of clock skew allowed on exp/nbf."],
+        ["metrics", None, None,
+         "Serve Prometheus metrics at /metrics: on a listening endpoint of its own that "
+         "serves nothing else, e.g. tcp:9100:interface=127.0.0.1, or 'main' for the main "
+         "port (public: anyone who can reach the chat can read them). Default: off."],
         ["workers", None, "1", "Worker processes sharing --port, e.g. one per core; more than 1 needs "
          "a redis:// backend and a tcp: port (see improto.workers)."],
     ]
@@ -155,7 +159,12 @@ class Options(usage.Options):
             except Exception as e:  # any failure here is the user's to read
                 raise _fail(str(e)) from None
         try:
-            check_workers(self["workers"], scheme, self["port"])
+            if self["metrics"] not in (None, "main"):
+                serverFromString(None, self["metrics"])
+        except Exception as e:
+            raise _fail(f"bad --metrics {self['metrics']!r}: {e}") from None
+        try:
+            check_workers(self["workers"], scheme, self["port"], self["metrics"])
         except ValueError as e:
             raise _fail(str(e)) from None
         self["allowed-origins"] = _origins(self["allowed-origins"])
@@ -210,6 +219,7 @@ def build_service(options: Options, endpoint: Any = None, node_id: str | None = 
     from twisted.internet import endpoints, reactor
 
     from improto.backends.url import backend_from_url
+    from improto.metrics import MetricsResource, ServerMetrics, with_metrics
     from improto.router import Router
     from improto.service import ImprotoService
     from improto.web import root_resource
@@ -243,7 +253,13 @@ def build_service(options: Options, endpoint: Any = None, node_id: str | None = 
         max_groups=options["max-groups"],
     )
     backend = backend_from_url(options["backend"], reactor, node_id=node_id)
-    router = Router(backend, limits=limits, clock=time.monotonic)
-    site = GuardedSite(root_resource(router, settings, reactor, options["static"]), settings, reactor)
+    metrics = ServerMetrics() if options["metrics"] else None
+    router = Router(backend, limits=limits, clock=time.monotonic, **({"metrics": metrics} if metrics else {}))
+    on_main = MetricsResource(metrics) if metrics and options["metrics"] == "main" else None
+    site = GuardedSite(root_resource(router, settings, reactor, options["static"], on_main), settings, reactor)
+    if metrics is not None:
+        metrics.watch(router)
+        site.metrics = metrics
     endpoint = endpoint or endpoints.serverFromString(reactor, options["port"])
-    return ImprotoService(router, endpoint, site, settings, reactor, options["port"])
+    server = ImprotoService(router, endpoint, site, settings, reactor, options["port"])
+    return with_metrics(server, metrics, options["metrics"], reactor)

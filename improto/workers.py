@@ -36,7 +36,9 @@ and its ``--reactor`` is not passed on: workers use the default reactor
 (epoll on Linux). ``ssl:`` ports are refused with ``--workers`` > 1
 (terminate TLS in front of the workers, e.g. at the load balancer): the
 listening socket is plain TCP, and the TLS context would have to be rebuilt
-from the endpoint's private attributes in every worker.
+from the endpoint's private attributes in every worker. ``--metrics
+ENDPOINT`` is refused too (each worker would try to listen on it): use
+``--metrics main``, and each worker answers with its own counters.
 """
 
 from __future__ import annotations
@@ -70,12 +72,15 @@ MAX_DELAY = 10.0
 STEADY = 30.0
 
 
-def check_workers(workers: int, backend_scheme: str, port: str) -> None:
+def check_workers(workers: int, backend_scheme: str, port: str, metrics: str | None = None) -> None:
     """Raise ValueError (one line) when ``--workers`` cannot work with these options."""
     if workers <= 1:
         return
     if backend_scheme == "memory":
         raise ValueError("--workers needs a shared backend: --backend redis://...")
+    if metrics not in (None, "main"):
+        # Every worker would listen on that one endpoint; all but one would fail.
+        raise ValueError("--workers with --metrics: use --metrics main (each worker reports its own)")
     if not isinstance(serverFromString(None, port), (TCP4ServerEndpoint, TCP6ServerEndpoint)):
         raise ValueError(
             f"--workers needs a tcp: or tcp6: --port (got {port!r}); terminate TLS in front of the workers"

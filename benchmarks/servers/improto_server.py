@@ -2,6 +2,7 @@
 Run improto exactly as deployed (``twistd -n improto``), for the benchmarks.
 
     python improto_server.py HOST PORT [--profile OUT.prof] [--stock-autobahn] [--tcp-nodelay]
+                             [--backend URL] [--workers N] [--backlog N]
 
 ``--profile FILE``: SIGUSR1 starts cProfile (clock: process CPU time, or
 wall with ``--profile-clock wall``), SIGUSR2 stops it and writes FILE. ``--stock-autobahn`` undoes
@@ -46,6 +47,9 @@ def main() -> None:
     parser.add_argument("--stock-autobahn", action="store_true")
     parser.add_argument("--tcp-nodelay", action="store_true")
     parser.add_argument("--rate", default="0")
+    parser.add_argument("--backend", help="twistd improto --backend (default: memory)")
+    parser.add_argument("--workers", help="twistd improto --workers, where it has that option")
+    parser.add_argument("--backlog", help="listen backlog (Twisted's default is 50)")
     args = parser.parse_args()
     find_plugin()
     if args.stock_autobahn:
@@ -54,8 +58,18 @@ def main() -> None:
 
     sys.argv = [
         "twistd", "-n", "--pidfile=", "improto",
-        "--port", f"tcp:{args.port}:interface={args.host}", "--rate", args.rate,
+        "--port", f"tcp:{args.port}:interface={args.host}"
+        + (f":backlog={args.backlog}" if args.backlog else ""), "--rate", args.rate,
+        # The load generator is one address opening thousands of connections,
+        # and its receivers share a few nicknames: lift the per-address and
+        # per-user limits a public deployment keeps.
+        "--max-connections-per-ip", "0", "--max-handshakes-per-ip", "0",
+        "--max-connections-per-user", "0",
     ]
+    if args.backend:
+        sys.argv += ["--backend", args.backend]
+    if args.workers:
+        sys.argv += ["--workers", args.workers]
     if args.profile:
         start_profiler_on_signal(args.profile, args.profile_clock)
     run()

@@ -7,7 +7,8 @@ Group and private chat in the seed 003 dialect on ``/<name>`` or
 ``{"username", "msg"}``, one ``sendMessage`` per receiver (framed each
 time); ``{"to_user", "msg"}`` goes to that user as ``{"msg", "from_user"}``.
 Stock ``WebSocketServerProtocol``, stock factory options, no router, no
-backend: what a straightforward Autobahn port of the seeds costs.
+backend: what a straightforward Autobahn port of the seeds costs. (Listen
+backlog 128, as gevent's servers have, instead of Twisted's 50.)
 
     python stock_autobahn.py HOST PORT
 """
@@ -64,7 +65,7 @@ class ChatFactory(WebSocketServerFactory):
 def main() -> None:
     host, port = sys.argv[1], int(sys.argv[2])
     factory = ChatFactory()
-    reactor.listenTCP(port, factory, interface=host)
+    reactor.listenTCP(port, factory, backlog=128, interface=host)
     reactor.run()
 
 

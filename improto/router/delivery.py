@@ -13,6 +13,7 @@ from twisted.python.failure import Failure
 from improto.backends.interface import Audience, BackendUnavailable, Envelope
 from improto.protocol import codec
 from improto.protocol.codec import ErrorCode, ProtocolError
+from improto.router.observer import NO_METRICS, Observer
 from improto.router.sessions import Session, SessionLink, SessionTable
 
 _log = Logger()
@@ -26,15 +27,16 @@ def send_each(links: Sequence[SessionLink], data: bytes, binary: bool) -> None:
         link.send_frame(data, binary)
 
 
-def deliver(sessions: Iterable[Session], envelope: Envelope, table: SessionTable) -> None:
+def deliver(sessions: Iterable[Session], envelope: Envelope, table: SessionTable) -> int:
     """
     Hand ``envelope`` to every one of ``sessions`` it is meant for. Links of
     one class get it through that class's ``broadcast``, so a frame is
     encoded (and compressed) once for all of them, not once per member.
+    Returns how many links it was handed to.
     """
     native_only = envelope.audience is Audience.NATIVE
     if native_only and not table.native_count:
-        return
+        return 0
     by_class: dict[type, list[SessionLink]] = {}
     for s in sessions:
         if s.id == envelope.exclude_session or (native_only and not s.native):
@@ -46,6 +48,7 @@ def deliver(sessions: Iterable[Session], envelope: Envelope, table: SessionTable
             send_each(links, envelope.data, envelope.binary)
         else:
             broadcast(links, envelope.data, envelope.binary)
+    return sum(map(len, by_class.values()))
 
 
 class Replies:
@@ -54,6 +57,9 @@ class Replies:
     and error frames, each error code logged once per session rather than
     once per frame (a flood of bad frames must not flood the log).
     """
+
+    def __init__(self, metrics: Observer = NO_METRICS) -> None:
+        self._metrics = metrics
 
     def send(self, session: Session, data: bytes) -> None:
         if not session.closed:
@@ -73,6 +79,7 @@ class Replies:
                 code=error.code.value,
                 reason=error.reason,
             )
+        self._metrics.error_sent(error.code.value)
         # Echo connections are no seed page: a plain error frame.
         self.send(session, codec.error(error, session.native or session.echo))
 

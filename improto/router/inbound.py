@@ -86,6 +86,7 @@ class Inbound:
         """Charge one frame to the session's rate limit; refuse it if over."""
         if session.bucket.take(self._router.clock()):
             return True
+        self._router.metrics.rate_limited()
         self._replies.refuse(
             session,
             ProtocolError(
@@ -112,6 +113,7 @@ class Inbound:
 
     def _echo(self, session: Session, data: bytes, binary: bool) -> None:
         envelope = Envelope(self._backend.node_id, session.id, data, binary)
+        self._router.metrics.message_in("echo")
         d = self._backend.publish(echo_channel(session.id), envelope)
         d.addErrback(self._replies.failed, session, None)
 
@@ -140,12 +142,14 @@ class Inbound:
             codec.group_message(command.group, session.user, command.msg),
             exclude_session=session.id,
         )
+        self._router.metrics.message_in("group")
         d = self._backend.publish(group_channel(command.group), envelope)
         self._ack_when_done(d, session, command.id)
 
     def _send_to_user(self, session: Session, command: codec.SendToUser) -> None:
         data = codec.private_message(session.user, command.to, command.msg)
         envelope = Envelope(self._backend.node_id, session.id, data, exclude_session=session.id)
+        self._router.metrics.message_in("private")
         d = self._backend.publish(user_channel(command.to), envelope)
 
         def delivered(receivers: int) -> None:

@@ -28,6 +28,7 @@ from improto.router.delivery import Replies, deliver
 from improto.router.groups import GroupMembership
 from improto.router.inbound import Inbound
 from improto.router.limits import RouterLimits
+from improto.router.observer import NO_METRICS, Observer
 from improto.router.presence import Presence, first_error, in_background
 from improto.router.ratelimit import TokenBucket
 from improto.router.sessions import Session, SessionLink, SessionTable, Ticket
@@ -50,22 +51,29 @@ class Router:
         *,
         limits: RouterLimits = RouterLimits(),
         clock: Callable[[], float] = time.monotonic,
+        metrics: Observer = NO_METRICS,
     ) -> None:
         self.backend = backend
         self.limits = limits
         self.clock = clock
+        self.metrics = metrics
         self._ids = itertools.count(1)
         self._table = SessionTable()
         self._groups = GroupMembership()
         self._subscriptions = Subscriptions(backend)
         self.presence = Presence(backend)
-        self.replies = Replies()
+        self.replies = Replies(metrics)
         self._inbound = Inbound(self)
 
     @property
     def sessions(self) -> Mapping[str, Session]:
         """Every open session on this node, by id (read-only)."""
         return self._table.by_id
+
+    @property
+    def channels_held(self) -> int:
+        """Backend channels this node holds for its sessions (the metrics read it)."""
+        return len(self._subscriptions)
 
     # -- connections -------------------------------------------------------
 
@@ -159,6 +167,7 @@ class Router:
         self, link: SessionLink, user: str, native: bool, ticket: Ticket | None
     ) -> Session:
         ticket = ticket or Ticket(self._new_id())
+        self.metrics.session_opened()
         bucket = TokenBucket(self.limits.rate, self.limits.burst)
         session = Session(ticket.session_id, user, link, native, bucket)
         session.channels.update(ticket.channels)
@@ -220,15 +229,16 @@ class Router:
         return self._hold(holder, echo_channel(session_id), functools.partial(self._to_echo, session_id))
 
     def _to_group(self, group: str, envelope: Envelope) -> None:
-        deliver(self._groups.members(group), envelope, self._table)
+        self.metrics.delivered("group", deliver(self._groups.members(group), envelope, self._table))
 
     def _to_user(self, user: str, envelope: Envelope) -> None:
-        deliver(self._table.of_user(user), envelope, self._table)
+        self.metrics.delivered("private", deliver(self._table.of_user(user), envelope, self._table))
 
     def _to_echo(self, session_id: str, envelope: Envelope) -> None:
         session = self._table.by_id.get(session_id)
         if session is not None:
             session.link.send_frame(envelope.data, envelope.binary)
+            self.metrics.delivered("echo", 1)
 
     # -- the embedding API -------------------------------------------------
 

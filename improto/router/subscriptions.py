@@ -25,6 +25,9 @@ class Subscriptions:
         #: Channels whose subscribe is in flight, with who waits for it.
         self._pending: dict[str, list[Deferred[None]]] = {}
 
+    def __len__(self) -> int:
+        return len(self._refs)
+
     def __contains__(self, channel: str) -> bool:
         return channel in self._refs
 

@@ -119,11 +119,13 @@ class ChatServerProtocol(LinkProtocol):
         try:
             identity = self.factory.options.authenticator.identify(request)
         except AuthRefusal as refusal:
+            self.factory.router.metrics.refused("auth")
             if not self._native:
                 raise refusal.http_denial() from None
             self._close_at_open = (refusal.close_code, refusal.reason)
             return False
         except ProtocolError as e:
+            self.factory.router.metrics.refused("bad_name")
             self._refusal = e
             return False
         self._nickname, self._allowed_groups = identity.user, identity.groups
@@ -154,6 +156,7 @@ class ChatServerProtocol(LinkProtocol):
         if self._refusal is not None:
             _log.info("Refused connection from {peer}: {reason}", peer=self.peer,
                       reason=self._refusal.reason)
+            router.metrics.error_sent(self._refusal.code.value)
             self.send_frame(codec.error(self._refusal, self._native), False)
             self.close(CLOSE_POLICY, self._refusal.reason)
             return None
@@ -228,6 +231,7 @@ class ChatServerFactory(WebSocketServerFactory):
         """
         origin = request.headers.get("origin")
         if not self.origins.allows(origin, request.headers.get("host")):
+            self.router.metrics.refused("origin")
             if self._logged.first(("origin", origin)):
                 _log.info(
                     "Refused WebSockets from origin {origin!r}: neither this server's own "
@@ -238,6 +242,7 @@ class ChatServerFactory(WebSocketServerFactory):
                           "open WebSockets here (see --allowed-origins).")
         address = peer_host(link.transport)
         if not self.per_address.acquire(address):
+            self.router.metrics.refused("per_ip")
             if self._logged.first(("address", address)):
                 _log.warn(
                     "Refused WebSockets from {address}: it has {limit} open "
@@ -255,6 +260,7 @@ class ChatServerFactory(WebSocketServerFactory):
     def count_user(self, link: LinkProtocol, nickname: str) -> str | None:
         """Count a chat connection of ``nickname``; the refusal's reason if full."""
         if not self.per_user.acquire(nickname):
+            self.router.metrics.refused("per_user")
             if self._logged.first(("user", nickname)):
                 _log.info(
                     "Refused a connection of {user!r}: it has {limit} open on this node "

@@ -58,8 +58,11 @@ class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     #: Bytes queued for this client since it stopped reading.
     _backlog = 0
     _dropping = False
+    _counted = False
 
     def onOpen(self) -> None:
+        self._counted = True
+        self.factory.router.metrics.connection_opened()
         pmce = self._perMessageCompress
         if isinstance(pmce, PerMessageDeflate) and pmce.server_no_context_takeover:
             self.compression_key = (pmce.server_max_window_bits, pmce.mem_level)
@@ -126,6 +129,7 @@ class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         if self._dropping:
             return
         self._dropping = True
+        self.factory.router.metrics.slow_consumer_dropped()
         _log.warn(
             "Dropping {peer}: it stopped reading and {backlog} bytes are waiting for it",
             peer=self.peer,
@@ -137,9 +141,18 @@ class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         raise NotImplementedError
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self._counted:
+            self._counted = False
+            self.factory.router.metrics.connection_closed()
         if self._session is not None:
             self.factory.router.disconnect(self._session)
             self._session = None
+
+    def sendCloseFrame(self, code: int | None = None, reasonUtf8: bytes | None = None,
+                       isReply: bool = False) -> None:
+        if not isReply and self.state == _OPEN:  # counts Autobahn's 1002/1007/1009 too
+            self.factory.router.metrics.close_sent(code or 1005)
+        super().sendCloseFrame(code, reasonUtf8, isReply)
 
     def send_frame(self, data: bytes, binary: bool) -> None:
         if self.state == WebSocketServerProtocol.STATE_OPEN:

@@ -214,8 +214,10 @@ class RootResource(Resource):
         health: IResource,
         echo_path: str = "/echo",
         nameless_chat: bool = False,
+        metrics: IResource | None = None,
     ) -> None:
         super().__init__()
+        self._metrics = metrics
         self._nameless_chat = nameless_chat
         self._websocket = websocket
         self._page = page
@@ -231,6 +233,8 @@ class RootResource(Resource):
             return self._static(b"", request) if isinstance(self._page, File) else self._page
         if path == b"healthz":
             return self._health
+        if path == b"metrics" and self._metrics is not None:
+            return self._metrics
         if path == b"ws" or (self._echo_path and request.path == self._echo_path):
             return UpgradeRequired()
         if isinstance(self._page, File):
@@ -252,10 +256,11 @@ class RootResource(Resource):
 
 
 def root_resource(
-    router: Router, settings: Settings, reactor: Any, static: str | None = None
+    router: Router, settings: Settings, reactor: Any, static: str | None = None,
+    metrics: IResource | None = None,
 ) -> RootResource:
     page = page_from_path(static) if static else default_page()
     return RootResource(
         websocket_resource(router, settings, reactor), page, HealthResource(router),
-        settings.echo_path, nameless_chat=settings.authenticator.verified,
+        settings.echo_path, nameless_chat=settings.authenticator.verified, metrics=metrics,
     )

@@ -23,6 +23,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
+from improto.router.observer import NO_METRICS, Observer
 from improto.settings import Settings
 from improto.web.limits import ConnectionCounter, OncePerKey, http_response
 
@@ -106,6 +107,7 @@ class GuardedChannel(HTTPChannel):
 
     def _too_slow(self) -> None:
         self._deadline = None
+        self.site.metrics.refused("handshake_timeout")
         timeout = self.site.settings.handshake_timeout
         self._refuse(408, "Request Timeout", f"The request did not arrive within {timeout:g} s.")
 
@@ -142,6 +144,7 @@ class GuardedChannel(HTTPChannel):
 
     def _too_big(self) -> None:
         size = self.totalHeadersSize
+        self.site.metrics.refused("header_too_large")
         self._refuse(431, "Request Header Fields Too Large",
                      f"The request line and headers may have at most {size} bytes.")
 
@@ -206,6 +209,8 @@ class GuardedSite(Site):
     # installed, and a WebSocket needs HTTP/1.1 anyway).
     protocol = GuardedChannel  # type: ignore[assignment]
     requestFactory = HardenedRequest
+    #: What it counts refusals with (``twistd improto`` sets the router's).
+    metrics: Observer = NO_METRICS
 
     def __init__(self, resource: IResource, settings: Settings, reactor: Any) -> None:
         super().__init__(resource, timeout=settings.idle_timeout or None, reactor=reactor)
@@ -219,6 +224,7 @@ class GuardedSite(Site):
         host = getattr(addr, "host", None)
         address = str(host) if host is not None else str(addr)
         if not self.pending.acquire(address):
+            self.metrics.refused("per_ip_pending")
             limit = self.pending.limit
             if self._logged.first(address):
                 _log.warn(

@@ -91,6 +91,9 @@ class RedisStats:
 class RedisBackend:
     """See the module docstring; build one with :meth:`from_url`."""
 
+    #: Called with each PUBLISH's Deferred (improto.metrics times it).
+    publish_observer: Callable[[Deferred[int]], None] | None = None
+
     def __init__(self, address: RedisAddress, options: RedisOptions, reactor: Any) -> None:
         self.address = address
         self.options = options
@@ -223,6 +226,11 @@ class RedisBackend:
     def health(self) -> BackendHealth:
         return BackendHealth(self._state, self._detail)
 
+    @property
+    def channels_subscribed(self) -> int:
+        """Pub/sub channels subscribed on the current connection (a metric)."""
+        return self._subs.active
+
     # -- state ------------------------------------------------------------
 
     def _set_ok(self) -> None:
@@ -291,6 +299,8 @@ class RedisBackend:
             return fail()
         self.stats.published += 1
         d = conn.execute(b"PUBLISH", self._channel_prefix + channel.encode("utf-8"), payload)
+        if self.publish_observer is not None:
+            self.publish_observer(d)
         return d.addErrback(as_unavailable, "PUBLISH")
 
     def subscribe(self, channel: str, callback: EnvelopeCallback) -> Deferred[None]:
