@@ -177,3 +177,17 @@ def test_workers_on_a_tls_port_fail_in_one_line(tmp_path, redis_url) -> None:
     assert result.returncode == 1
     assert output.count("\n") == 0 and "Traceback" not in output
     assert output.startswith("twistd improto: --workers needs a tcp: or tcp6: --port")
+
+
+def test_check_workers_refuses_what_cannot_be_shared() -> None:
+    from improto.workers import check_workers
+
+    check_workers(1, "memory", "ssl:8443:privateKey=/nonexistent.pem")  # one process: anything goes
+    check_workers(2, "redis", "tcp:8080", "main")
+    check_workers(2, "redis", "tcp6:8080:interface=\\:\\:1")
+    for args, fragment in [
+        ((2, "memory", "tcp:8080"), "shared backend"),
+        ((2, "redis", "tcp:8080", "tcp:9100"), "--metrics main"),
+    ]:
+        with pytest.raises(ValueError, match=fragment):
+            check_workers(*args)
