@@ -23,7 +23,9 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from improto.auth import announce, authenticator_from_options
+from improto.backends.interface import Retention
 from improto.backends.url import check_backend_url
+from improto.router.durable import Durability
 from improto.router.limits import RouterLimits
 from improto.settings import Settings
 from improto.workers import check_workers
@@ -31,6 +33,8 @@ from improto.workers import check_workers
 _log = Logger()
 _SETTINGS = Settings()
 _LIMITS = RouterLimits()
+_RETENTION = Retention()
+_DURABILITY = Durability()
 
 
 def _fail(message: str) -> SystemExit:
@@ -59,6 +63,13 @@ def _non_negative_float(value: str) -> float:
     return number
 
 
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0 or number == float("inf"):
+        raise ValueError("must be a positive number")
+    return number
+
+
 def _g(number: float) -> str:
     return f"{number:g}"
 
@@ -76,6 +87,11 @@ _NUMBERS: dict[str, Callable[[str], float]] = {
     "idle-timeout": _non_negative_float,
     "max-header-size": _positive_int,
     "auth-leeway": _non_negative_float,
+    "history-size": _non_negative_int,
+    "history-age": _positive_float,
+    "inbox-ttl": _positive_float,
+    "idempotency-window": _non_negative_float,
+    "history-page-max": _positive_int,
     "workers": _positive_int,
 }
 
@@ -92,7 +108,11 @@ class Options(usage.Options):
     ]
     optParameters = [
         ["port", "p", "tcp:8080", "Endpoint to listen on, e.g. tcp:8080 or ssl:8443:privateKey=key.pem."],
-        ["backend", "b", "memory://", "Delivery backend: memory:// or redis://HOST:PORT/DB."],
+        ["backend", "b", "memory://",
+         "Delivery backend: memory://, redis://HOST:PORT/DB, "
+         "redis-cluster://HOST:PORT,HOST:PORT/ (Redis 7 Cluster, sharded pub/sub) or "
+         "redis-sentinel://HOST:PORT,HOST:PORT/MASTER/DB (the master Sentinel names). "
+         "Options as ?name=value, e.g. ?prefix=chat:."],
         ["max-message-size", None, str(_LIMITS.max_message_size), "Longest chat message in bytes."],
         ["allowed-origins", None, None,
          "Comma-separated Origin patterns that may open WebSockets besides the server's own "
@@ -122,6 +142,11 @@ class Options(usage.Options):
         ["auth-audience", None, None, "Token mode: the aud every token must name."],
         ["auth-issuer", None, None, "Token mode: the iss every token must name."],
         ["auth-leeway", None, "30", "Token mode: seconds of clock skew allowed on exp/nbf."],
+        ["history-size", None, str(_RETENTION.size), "Messages kept per group/user stream (0 = no history)."],
+        ["history-age", None, _g(_RETENTION.age), "Seconds a stored message stays in history."],
+        ["inbox-ttl", None, _g(_DURABILITY.inbox_ttl), "Seconds after a user's last connection that private messages to it are stored."],
+        ["idempotency-window", None, _g(_DURABILITY.idempotency_window), "Seconds a retried send (same id) is acked, not redelivered."],
+        ["history-page-max", None, str(_DURABILITY.history_page_max), "Most messages one history or resume page holds."],
         ["metrics", None, None,
          "Serve Prometheus metrics at /metrics: on a listening endpoint of its own that "
          "serves nothing else, e.g. tcp:9100:interface=127.0.0.1, or 'main' for the main "
@@ -254,7 +279,11 @@ def build_service(options: Options, endpoint: Any = None, node_id: str | None = 
     )
     backend = backend_from_url(options["backend"], reactor, node_id=node_id)
     metrics = ServerMetrics() if options["metrics"] else None
-    router = Router(backend, limits=limits, clock=time.monotonic, **({"metrics": metrics} if metrics else {}))
+    backend.retention = Retention(options["history-size"], options["history-age"])
+    durability = Durability(
+        options["history-page-max"], options["inbox-ttl"], options["idempotency-window"])
+    router = Router(backend, limits=limits, clock=time.monotonic, durability=durability,
+                    **({"metrics": metrics} if metrics else {}))
     on_main = MetricsResource(metrics) if metrics and options["metrics"] == "main" else None
     site = GuardedSite(root_resource(router, settings, reactor, options["static"], on_main), settings, reactor)
     if metrics is not None:

@@ -25,11 +25,12 @@ class Subscriptions:
         #: Channels whose subscribe is in flight, with who waits for it.
         self._pending: dict[str, list[Deferred[None]]] = {}
 
-    def __len__(self) -> int:
-        return len(self._refs)
-
     def __contains__(self, channel: str) -> bool:
         return channel in self._refs
+
+    def __len__(self) -> int:
+        """Channels subscribed (or being subscribed) for local sessions."""
+        return len(self._refs)
 
     def hold(self, channel: str, callback: EnvelopeCallback) -> Deferred[None]:
         refs = self._refs.get(channel, 0)

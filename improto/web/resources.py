@@ -180,6 +180,8 @@ class HealthResource(Resource):
             "backend": {"state": health.state.value, "detail": health.detail},
             "node": self._router.backend.node_id,
             "sessions": len(self._router.sessions),
+            # sessions, users, groups, channels: all zero when nobody is connected.
+            "router": self._router.counts(),
         }
         return json.dumps(body).encode("utf-8")
 
