@@ -37,6 +37,23 @@ _RETENTION = Retention()
 _DURABILITY = Durability()
 
 
+#: Listen queue for TCP and TLS ports that do not set ``backlog=``. Twisted's
+#: default of 50 overflows when a few dozen clients connect at once (a page
+#: reload of a busy room, a reconnect storm after a restart): the kernel then
+#: drops SYNs and each dropped client waits a second or more to retry. The
+#: kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 1024
+
+
+def with_listen_backlog(port: str) -> str:
+    """``port`` with ``backlog=LISTEN_BACKLOG`` added to a tcp/tcp6/ssl endpoint
+    that names none; any other endpoint string is returned as it is."""
+    kind = port.split(":", 1)[0].lower()
+    if kind not in ("tcp", "tcp6", "ssl") or "backlog=" in port:
+        return port
+    return f"{port}:backlog={LISTEN_BACKLOG}"
+
+
 def _fail(message: str) -> SystemExit:
     """One line on stderr and exit status 1: no usage text, no traceback."""
     return SystemExit(f"twistd improto: {message}")
@@ -107,7 +124,8 @@ class Options(usage.Options):
         ["no-echo", None, "Turn the echo route off (its path then answers 404)."],
     ]
     optParameters = [
-        ["port", "p", "tcp:8080", "Endpoint to listen on, e.g. tcp:8080 or ssl:8443:privateKey=key.pem."],
+        ["port", "p", "tcp:8080", "Endpoint to listen on, e.g. tcp:8080 or ssl:8443:privateKey=key.pem "
+         f"(TCP and TLS ports listen with backlog={LISTEN_BACKLOG} unless the string sets one)."],
         ["backend", "b", "memory://",
          "Delivery backend: memory://, redis://HOST:PORT/DB, "
          "redis-cluster://HOST:PORT,HOST:PORT/ (Redis 7 Cluster, sharded pub/sub) or "
@@ -172,6 +190,7 @@ class Options(usage.Options):
             serverFromString(None, self["port"])
         except Exception as e:
             raise _fail(f"bad --port {self['port']!r}: {e}") from None
+        self["port"] = with_listen_backlog(self["port"])
         try:
             scheme = check_backend_url(self["backend"])
         except ValueError as e:
