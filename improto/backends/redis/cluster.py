@@ -2,13 +2,20 @@
 The Redis Cluster backend: ``redis-cluster://host:port,host:port/?prefix=...``.
 
 Channels spread over the shards with Redis 7 sharded pub/sub: a channel
-``<prefix><channel>`` lives on the master owning its slot; a node
+``<prefix>{<channel>}`` lives on the master owning its slot; a node
 ``SSUBSCRIBE``\\s it on its subscriber connection to that master and
 ``SPUBLISH``\\es there. ``SPUBLISH`` counts the subscribers connected to
 that master; improto subscribes on masters only and holds one subscriber
 connection per master, each channel on exactly one of them, so the count
 is still the number of nodes that received the envelope and 0 still
 means "nobody, anywhere" (what the router's "user offline" relies on).
+
+History is the standalone streams scripts
+(:mod:`~improto.backends.redis.streams`), run on the master of the
+stream's slot, with ``SPUBLISH`` in ``APPEND``: the router names a
+stream and its channel alike, and the hash tag puts the channel in the
+stream keys' slot (``<prefix>{<stream>}:seq``), as Redis requires of a
+script's keys and shard channels.
 
 Presence is the standalone scripts on per-scope hash-tagged keys
 (:class:`~improto.backends.redis.shards.ClusterPresenceStore`): every
