@@ -1,7 +1,8 @@
 """
 The history half of the IBackend contract (append, history, idempotency,
-last seen), checked on the memory backend and on a private redis-server
-with the same tests. Two nodes are two backends on one hub / one Redis.
+last seen), checked on the memory backend, on a private redis-server and
+on a private Redis Cluster with the same tests. Two nodes are two
+backends on one hub / one Redis / one cluster.
 """
 
 from __future__ import annotations
@@ -50,13 +51,20 @@ class Clock:
         return self.now
 
 
-@pytest_twisted.async_yield_fixture(params=["memory", "redis"])
+@pytest_twisted.async_yield_fixture(params=["memory", "redis", "redis-cluster"])
 async def nodes(request: pytest.FixtureRequest):
     if request.param == "memory":
         hub = MemoryHub()
         clock = Clock()
         hub.streams.clock = clock
         a, b = MemoryBackend(hub, "node-a"), MemoryBackend(hub, "node-b")
+    elif request.param == "redis-cluster":
+        from improto.backends.redis.cluster import ClusterBackend
+
+        url = request.getfixturevalue("redis_cluster").url
+        prefix = request.getfixturevalue("redis_prefix")
+        clock = None
+        a, b = (ClusterBackend.from_url(url, reactor=reactor, prefix=prefix, node_id=n) for n in ("node-a", "node-b"))
     else:
         url = request.getfixturevalue("redis_url")
         prefix = request.getfixturevalue("redis_prefix")

@@ -20,6 +20,7 @@ from twisted.internet import reactor
 from improto.backends.interface import BackendState, BackendUnavailable
 from improto.backends.redis.cluster import ClusterBackend
 from improto.backends.redis.options import configure_cluster
+from improto.backends.redis.sharded import channel_key
 from improto.backends.redis.slots import SlotMap, crc16, key_slot
 from tests.backends.support import Inbox, envelope, eventually, sleep
 
@@ -90,7 +91,7 @@ async def test_channels_spread_over_every_shard(redis_cluster, cluster_nodes) ->
     counts = [await a.publish(channel, envelope(channel.encode())) for channel in channels]
     assert counts == [1] * 30
     assert sorted(e.data for e in await inbox.wait_for(30)) == sorted(c.encode() for c in channels)
-    per_master = collections.Counter(a.owner_of(a.prefix + c.encode()) for c in channels)
+    per_master = collections.Counter(a.owner_of(channel_key(a.prefix, c)) for c in channels)
     assert len(per_master) == 3, per_master
     for (_host, port), expected in per_master.items():
         client = redis_cluster.client(port)
@@ -113,7 +114,7 @@ async def test_a_moved_slot_is_resubscribed_and_publishes_follow_moved(redis_clu
     await a.start()
     await b.start()
     channel = f"user:mover-{uuid.uuid4().hex[:6]}"
-    slot = key_slot(b.prefix + channel.encode())
+    slot = key_slot(channel_key(b.prefix, channel))
     inbox = Inbox()
     await b.subscribe(channel, inbox)
     assert await a.publish(channel, envelope(b"before")) == 1
@@ -122,12 +123,12 @@ async def test_a_moved_slot_is_resubscribed_and_publishes_follow_moved(redis_clu
     target_id = redis_cluster.client(target).execute_command("CLUSTER", "MYID")
     for port in [target, source, *(p for p in redis_cluster.masters() if p not in (source, target))]:
         redis_cluster.client(port).execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
-    await eventually(lambda: b.owner_of(b.prefix + channel.encode()) == ("127.0.0.1", target))
+    await eventually(lambda: b.owner_of(channel_key(b.prefix, channel)) == ("127.0.0.1", target))
     await eventually(lambda: b.subs.placed.get(channel) is b.shards[("127.0.0.1", target)].subscriber.ready)
-    assert a.owner_of(a.prefix + channel.encode()) == ("127.0.0.1", source)  # stale until MOVED
+    assert a.owner_of(channel_key(a.prefix, channel)) == ("127.0.0.1", source)  # stale until MOVED
     assert await a.publish(channel, envelope(b"after")) == 1
     assert [e.data for e in await inbox.wait_for(2)] == [b"before", b"after"]
-    assert a.owner_of(a.prefix + channel.encode()) == ("127.0.0.1", target)
+    assert a.owner_of(channel_key(a.prefix, channel)) == ("127.0.0.1", target)
 
 
 @pytest.mark.slow
@@ -149,7 +150,7 @@ async def test_a_killed_master_fails_over_and_delivery_resumes(fresh_redis_clust
     i = 0
     while len(channels) < 3:
         channel = f"group:fo{i}"
-        channels.setdefault(a.owner_of(a.prefix + channel.encode()), channel)  # type: ignore[arg-type]
+        channels.setdefault(a.owner_of(channel_key(a.prefix, channel)), channel)  # type: ignore[arg-type]
         i += 1
     inboxes = {c: Inbox() for c in channels.values()}
     for channel, inbox in inboxes.items():
@@ -201,7 +202,7 @@ async def test_a_killed_master_fails_over_and_delivery_resumes(fresh_redis_clust
     acked_victim = by_shard[victim_channel]["acked"]
     await inboxes[victim_channel].wait_for(acked_victim)
     assert len(inboxes[victim_channel].items) == acked_victim
-    new_owner = a.owner_of(a.prefix + victim_channel.encode())
+    new_owner = a.owner_of(channel_key(a.prefix, victim_channel))
     assert new_owner != victim_address and new_owner in a.shards
     # Presence moved with the slots: the promoted replica has it (or the node re-registered it).
     await a.presence_add("online", "alice")

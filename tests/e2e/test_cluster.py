@@ -280,13 +280,14 @@ def test_redis_cluster_master_killed_mid_traffic_every_message_answered(fresh_re
     message is acked or refused with ``backend_unavailable``, the replica
     takes over, and acks resume, each acked message delivered on the other node.
     """
+    from improto.backends.redis.sharded import channel_key
     from improto.backends.redis.slots import key_slot
 
     servers = fresh_redis_cluster
     url = backend_url(servers.url, redis_prefix, reconnect_max_delay=0.3, command_timeout=1)
     one = start_server("--backend", url, "--rate", "0")
     two = start_server("--backend", url, "--rate", "0")
-    victim = servers.owner_of_slot(key_slot(f"{redis_prefix}group:lobby".encode()))
+    victim = servers.owner_of_slot(key_slot(channel_key(redis_prefix.encode(), "group:lobby")))
     try:
         with connect(f"{one.ws}/ws/sender", subprotocols=NATIVE) as sender, \
                 connect(f"{two.ws}/ws/reader", subprotocols=NATIVE) as reader:

@@ -2,13 +2,20 @@
 The Redis Cluster backend: ``redis-cluster://host:port,host:port/?prefix=...``.
 
 Channels spread over the shards with Redis 7 sharded pub/sub: a channel
-``<prefix><channel>`` lives on the master owning its slot; a node
+``<prefix>{<channel>}`` lives on the master owning its slot; a node
 ``SSUBSCRIBE``\\s it on its subscriber connection to that master and
 ``SPUBLISH``\\es there. ``SPUBLISH`` counts the subscribers connected to
 that master; improto subscribes on masters only and holds one subscriber
 connection per master, each channel on exactly one of them, so the count
 is still the number of nodes that received the envelope and 0 still
 means "nobody, anywhere" (what the router's "user offline" relies on).
+
+History is the standalone streams scripts
+(:mod:`~improto.backends.redis.streams`), run on the master of the
+stream's slot, with ``SPUBLISH`` in ``APPEND``: the router names a
+stream and its channel alike, and the hash tag puts the channel in the
+stream keys' slot (``<prefix>{<stream>}:seq``), as Redis requires of a
+script's keys and shard channels.
 
 Presence is the standalone scripts on per-scope hash-tagged keys
 (:class:`~improto.backends.redis.shards.ClusterPresenceStore`): every
@@ -46,20 +53,24 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from improto.backends.interface import (
+    Appended,
     BackendHealth,
     BackendState,
     BackendUnavailable,
     Envelope,
     EnvelopeCallback,
+    HistoryPage,
     IBackend,
+    Retention,
 )
 from improto.backends.redis.backend import RedisStats
 from improto.backends.redis.client import RespConnection, as_unavailable
 from improto.backends.redis.options import RedisAddress, RedisOptions, configure_cluster
 from improto.backends.redis.presence import NodePresence
-from improto.backends.redis.sharded import ShardedSubscriber, ShardedSubscriptions
+from improto.backends.redis.sharded import ShardedSubscriber, ShardedSubscriptions, channel_key
 from improto.backends.redis.shards import ClusterCommands, ClusterPresenceStore, Shard
 from improto.backends.redis.slots import Address, SlotMap, key_slot, show
+from improto.backends.redis.streams import StreamStore
 from improto.backends.redis.wire import encode_envelope
 
 _log = Logger()
@@ -90,6 +101,8 @@ class ClusterBackend:
         self.subs = ShardedSubscriptions(self.prefix, self.node_id, self.stats, self._subscriber_for, self.refresh)
         store = ClusterPresenceStore(self.prefix, self.node_id, int(options.heartbeat_ttl * 1000))
         self.presence = NodePresence(store)
+        self.streams = StreamStore(self.prefix, sharded=True)
+        self.retention = Retention()
         store.live_scopes = lambda: {s for s, _ in self.presence.entries | self.presence.tombstones}
         self._state = BackendState.STARTING
         self._detail = "not started; Redis Cluster at " + ",".join(show(s) for s in seeds)
@@ -318,7 +331,7 @@ class ClusterBackend:
         except Exception:
             return fail()
         self.stats.published += 1
-        d = self.commands.execute(b"SPUBLISH", self.prefix + channel.encode("utf-8"), payload)
+        d = self.commands.execute(b"SPUBLISH", channel_key(self.prefix, channel), payload)
         if self.publish_observer is not None:
             self.publish_observer(d)
         return d.addErrback(as_unavailable, "SPUBLISH")
@@ -332,6 +345,42 @@ class ClusterBackend:
         if self._state is BackendState.STOPPED:
             return succeed(None)
         return self.subs.unsubscribe(None, channel)
+
+    # -- history (improto.backends.redis.streams, SPUBLISH variant) ---------
+
+    def _on_commands(self, what: str, call: Callable[[RespConnection], Deferred[Any]]) -> Deferred[Any]:
+        refused = self._refuse(what)
+        if refused is not None:
+            return refused
+        return call(cast(RespConnection, self.commands)).addErrback(as_unavailable, what)
+
+    def append(
+        self, stream: str, channel: str, envelope: Envelope,
+        idempotency_key: str | None = None, idempotency_ttl: float = 0,
+    ) -> Deferred[Appended]:
+        """
+        One script on the master of ``stream``'s slot, publishing there:
+        ``channel`` must be in that slot (the router names a stream and
+        its channel alike), else Redis could not run it atomically.
+        """
+        key = channel_key(self.prefix, channel)
+        if key_slot(key) != key_slot(self.streams.key(stream, "seq")):
+            return fail(ValueError(f"channel {channel!r} is not in the slot of stream {stream!r}"))
+        self.stats.published += 1
+        return self._on_commands("append", lambda conn: self.streams.append(
+            conn, key, stream, envelope, self.retention, idempotency_key, idempotency_ttl))
+
+    def history(
+        self, stream: str, after_seq: int, limit: int, before_seq: int | None = None
+    ) -> Deferred[HistoryPage]:
+        return self._on_commands("read history", lambda conn: self.streams.history(
+            conn, stream, after_seq, limit, before_seq, self.retention))
+
+    def mark_seen(self, user: str, cursor: int, ttl: float) -> Deferred[None]:
+        return self._on_commands("mark seen", lambda conn: self.streams.mark_seen(conn, user, cursor, ttl))
+
+    def last_seen(self, user: str) -> Deferred[int | None]:
+        return self._on_commands("read last seen", lambda conn: self.streams.last_seen(conn, user))
 
     def presence_add(self, scope: str, member: str) -> Deferred[bool]:
         return self._refuse("add presence") or self.presence.add(cast(RespConnection, self.commands), scope, member)

@@ -14,6 +14,11 @@ and improto sends ``SUNSUBSCRIBE`` without waiting for an answer;
 subscribed (which connection) and re-places channels when the owner
 changes. It reuses :class:`~improto.backends.redis.subscriptions.Subscriptions`
 for turning messages into envelopes.
+
+A channel ``c`` is the sharded channel ``<prefix>{c}``: hash-tagged like
+the keys of the history stream of the same name
+(:mod:`~improto.backends.redis.streams`), so the append script, which
+runs on the stream's slot, may ``SPUBLISH`` on it.
 """
 
 from __future__ import annotations
@@ -37,6 +42,11 @@ if TYPE_CHECKING:
     from improto.backends.redis.backend import RedisStats
 
 from improto.backends.redis.subscriptions import Subscriptions
+
+
+def channel_key(prefix: bytes, channel: str) -> bytes:
+    """The sharded channel of ``channel``: ``<prefix>{<channel>}``, in the slot of its stream's keys."""
+    return b"".join((prefix, b"{", channel.encode("utf-8"), b"}"))
 
 
 class ShardedSubscriber(RespConnection):
@@ -116,6 +126,17 @@ class ShardedSubscriptions(Subscriptions):
     def active(self) -> int:
         return len(self._confirmed)
 
+    def _key(self, channel: str) -> bytes:
+        return channel_key(self._prefix, channel)
+
+    def _channel_of(self, raw_channel: bytes) -> str:
+        return raw_channel[len(self._prefix) + 1 : -1].decode("utf-8", "replace")
+
+    def on_message(self, raw_channel: bytes, payload: bytes) -> None:
+        if raw_channel.startswith(self._prefix + b"{") and raw_channel.endswith(b"}"):
+            plain = self._prefix + raw_channel[len(self._prefix) + 1 : -1]
+            super().on_message(plain, payload)
+
     def subscribe(self, conn: Any, channel: str, callback: EnvelopeCallback, detail: str) -> Deferred[None]:
         self.wanted[channel] = callback
         owner = self._owner(self._key(channel))
@@ -185,7 +206,7 @@ class ShardedSubscriptions(Subscriptions):
             self._confirmed.discard(channel)
 
     def on_sunsubscribe(self, conn: ShardedSubscriber, raw_channel: bytes) -> None:
-        channel = raw_channel[len(self._prefix) :].decode("utf-8", "replace")
+        channel = self._channel_of(raw_channel)
         if self.placed.get(channel) is not conn:
             return
         del self.placed[channel]

@@ -91,6 +91,7 @@ class Shard:
 
     async def _setup_commands(self, conn: RespConnection) -> None:
         await self._backend.presence.store.load_scripts(conn)
+        await self._backend.streams.load_scripts(conn)
         self._watch(conn, "command")
 
     async def _setup_subscriber(self, conn: RespConnection) -> None:

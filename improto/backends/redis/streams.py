@@ -14,6 +14,9 @@ them all)::
 ``APPEND`` does ``INCR``, ``XADD ... MAXLEN <size>`` and ``PUBLISH`` in one
 ``EVALSHA``: Redis runs a script atomically, so the seq every node
 receives is the one stored, and seqs of a stream are published in order.
+On Redis Cluster (``sharded=True``) the script publishes with ``SPUBLISH``:
+the cluster backend names a stream's channel ``P{<stream>}``, in the
+stream's slot, as Redis requires of a script's keys and shard channels.
 The log is trimmed to exactly ``size`` entries; entries older than
 ``age`` are dropped when history is read, and the whole log expires
 ``age`` after its last append. Durability is Redis's: with AOF and
@@ -104,6 +107,7 @@ return 1
 """
 
 APPEND = Script(_APPEND)
+APPEND_SHARDED = Script(_APPEND.replace("'PUBLISH'", "'SPUBLISH'"))
 HISTORY = Script(_HISTORY)
 MARK_SEEN = Script(_MARK_SEEN)
 
@@ -115,14 +119,15 @@ def _ms(seconds: float) -> int:
 class StreamStore:
     """The stream keys of one prefix; every call is one command."""
 
-    def __init__(self, prefix: bytes) -> None:
+    def __init__(self, prefix: bytes, sharded: bool = False) -> None:
         self.prefix = prefix
+        self._append = APPEND_SHARDED if sharded else APPEND
 
     def key(self, stream: str, suffix: str) -> bytes:
         return b"".join((self.prefix, b"{", stream.encode("utf-8"), b"}:", suffix.encode("utf-8")))
 
     def load_scripts(self, conn: RespConnection) -> Deferred[Any]:
-        return gatherResults([s.load(conn) for s in (APPEND, HISTORY, MARK_SEEN)], consumeErrors=True)
+        return gatherResults([s.load(conn) for s in (self._append, HISTORY, MARK_SEEN)], consumeErrors=True)
 
     def append(
         self, conn: RespConnection, channel_key: bytes, stream: str, envelope: Envelope,
@@ -141,7 +146,7 @@ class StreamStore:
             seq, receivers = result.split(b":")
             return Appended(int(seq), int(receivers), bool(duplicate))
 
-        return APPEND.run(conn, keys, args).addCallback(parse)
+        return self._append.run(conn, keys, args).addCallback(parse)
 
     def history(
         self, conn: RespConnection, stream: str, after: int, limit: int, before: int | None,
