@@ -72,7 +72,9 @@ def test_two_users_chat_and_survive_a_server_restart(
     alice.wait_text("-- in dev (2): alice, bob")
     alice.line("/msg nobody hello?")
     alice.wait_text("✗ failed: unknown_user:")
-    assert alice.screen()[-1].startswith("online as alice | in lobby dev")
+    # The toolbar is redrawn after the line above: wait for it, do not sample it.
+    alice.wait_for(lambda _: alice.screen()[-1].startswith("online as alice | in lobby dev"),
+                   "the toolbar 'online as alice | in lobby dev'")
 
     server.stop()
     for terminal in (alice, bob):
