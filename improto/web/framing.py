@@ -12,6 +12,16 @@ its own and :func:`compressed_frame` frames it with RSV1 set. For those
 bytes to be valid on every connection, every compressed frame we send must
 be compressed without context, so chat routes insist on
 ``server_no_context_takeover`` (RFC 7692 section 7.1.1.1).
+
+Context-free, every frame we send, shared or not, goes through one
+long-lived compressor per (window bits, mem level) that ends each message
+with ``Z_FULL_FLUSH``: that flush also forgets the context (zlib clears
+its match history), so each message still inflates on its own. Autobahn's
+``PerMessageDeflate`` would instead create a fresh ``compressobj`` for
+every message to every connection (about 260 KiB of zlib state at window
+bits 15 / mem level 8) and keep the last one alive for the connection's
+life; with connections churning, that much allocation turnover left glibc's
+heap fragmented and RSS rising for minutes (``benchmarks/deflate_rss.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +30,11 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
-from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
+from autobahn.websocket.compress import (
+    PerMessageDeflate,
+    PerMessageDeflateOffer,
+    PerMessageDeflateOfferAccept,
+)
 
 
 def compressed_frame(payload: bytes, binary: bool) -> bytes:
@@ -37,12 +51,57 @@ def compressed_frame(payload: bytes, binary: bool) -> bytes:
     return header + payload
 
 
+#: The one compressor per (window bits, mem level); see the module docstring.
+_compressors: dict[tuple[int, int], Any] = {}
+
+
 def deflate(payload: bytes, window_bits: int, mem_level: int) -> bytes:
-    """Compress a whole message without context, as RFC 7692 section 7.2.1."""
-    compressor = zlib.compressobj(
-        zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -window_bits, mem_level
-    )
-    return (compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    """
+    Compress a whole message without context, as RFC 7692 section 7.2.1.
+    ``Z_FULL_FLUSH`` ends the message with the same empty stored block as
+    ``Z_SYNC_FLUSH`` (stripped, section 7.2.1) and resets the history, so
+    the shared compressor starts the next message with no context.
+    """
+    key = (window_bits, mem_level)
+    compressor = _compressors.get(key)
+    if compressor is None:
+        compressor = _compressors[key] = zlib.compressobj(
+            zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -window_bits, mem_level
+        )
+    return (compressor.compress(payload) + compressor.flush(zlib.Z_FULL_FLUSH))[:-4]
+
+
+class ContextFreeDeflate(PerMessageDeflate):  # type: ignore[misc]
+    """
+    Autobahn's permessage-deflate for a connection that promised
+    ``server_no_context_takeover``, with every outgoing message compressed
+    by :func:`deflate` (no zlib state of its own for sending). A message is
+    collected and compressed at its end, so messages being sent on several
+    connections at once (Autobahn's streaming API) never mix in the shared
+    compressor. Receiving is Autobahn's, unchanged.
+    """
+
+    _outgoing: list[bytes]
+
+    @classmethod
+    def replacing(cls, pmce: PerMessageDeflate) -> ContextFreeDeflate:
+        """The same negotiated terms (and inflate state) as ``pmce``."""
+        new: ContextFreeDeflate = cls.__new__(cls)
+        new.__dict__.update(pmce.__dict__)
+        new._compressor = None
+        new._outgoing = []
+        return new
+
+    def start_compress_message(self) -> None:
+        self._outgoing = []
+
+    def compress_message_data(self, data: bytes) -> bytes:
+        self._outgoing.append(data)
+        return b""
+
+    def end_compress_message(self) -> bytes:
+        data, self._outgoing = b"".join(self._outgoing), []
+        return deflate(data, self.server_max_window_bits, self.mem_level)
 
 
 class _ContextFreeAccept(PerMessageDeflateOfferAccept):
