@@ -3,7 +3,7 @@ Does a server's RSS keep rising while permessage-deflate connections churn?
 
     python benchmarks/deflate_rss.py [--connections 100] [--seconds 30] [--messages 3]
                                      [--deflate | --no-deflate] [--tracemalloc]
-                                     [--window-bits N] [--mem-level N]
+                                     [--client-window-bits N]
     python benchmarks/deflate_rss.py --framing-only [--seconds 10]
 
 Starts improto in a child process (the same ``tap.makeService`` as
@@ -80,9 +80,8 @@ def serve(port: int, args: argparse.Namespace) -> None:
     from improto import tap
     from improto.web import framing
 
-    if args.window_bits or args.mem_level:
-        framing.SHARED_WINDOW_BITS = args.window_bits or framing.SHARED_WINDOW_BITS
-        framing.SHARED_MEM_LEVEL = args.mem_level or framing.SHARED_MEM_LEVEL
+    if args.client_window_bits is not None:
+        framing.CLIENT_WINDOW_BITS = args.client_window_bits
     options = tap.Options()
     options.parseOptions([
         "--port", f"tcp:{port}:interface=127.0.0.1", "--rate", "0", "--ping-interval", "0",
@@ -206,8 +205,7 @@ def main() -> None:
     parser.add_argument("--deflate", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--tracemalloc", action="store_true")
     parser.add_argument("--framing-only", action="store_true")
-    parser.add_argument("--window-bits", type=int, default=0)
-    parser.add_argument("--mem-level", type=int, default=0)
+    parser.add_argument("--client-window-bits", type=int, default=None)
     parser.add_argument("--serve", type=int, default=0, help=argparse.SUPPRESS)
     args, _ = parser.parse_known_args()
     if args.serve:

@@ -81,3 +81,20 @@ def test_a_client_that_asks_for_a_smaller_window_gets_its_own_shared_setting(fac
     big = Client(factory, "/ws/big", DEFLATE)
     assert small.protocol.compression_key == (10, 8)
     assert big.protocol.compression_key == (15, 8)
+
+
+def test_the_client_is_asked_for_a_small_window_when_its_offer_allows(factory):
+    asked = Client(factory, "/ws/asked", DEFLATE)
+    assert f"client_max_window_bits={framing.CLIENT_WINDOW_BITS}".encode() in asked.response
+    assert asked.protocol._perMessageCompress.client_max_window_bits == framing.CLIENT_WINDOW_BITS
+    bare = Client(factory, "/ws/bare", "Sec-WebSocket-Extensions: permessage-deflate\r\n")
+    assert b"permessage-deflate" in bare.response and b"client_max_window_bits" not in bare.response
+
+
+@pytest.mark.parametrize("offered, asked", [("10", 10), ("15", 11), ('"9"', 9)])
+def test_never_more_than_the_client_offered(factory, offered, asked):
+    header = f"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits={offered}\r\n"
+    client = Client(factory, "/ws/w", header)
+    assert client.response.startswith(b"HTTP/1.1 101")
+    assert f"client_max_window_bits={asked}".encode() in client.response
+    assert client.protocol._perMessageCompress.client_max_window_bits == asked
