@@ -17,7 +17,11 @@ in ``docs/upstream/README.md``). Run with ``PYTHONPATH`` pointing at an
 Autobahn with ``docs/upstream/autobahn-lazy-debug-log.patch`` applied, the
 "stock" column is that patched Autobahn.
 
+``--instructions`` counts instructions per operation with callgrind
+(valgrind), which the load on a shared machine does not disturb.
+
     python benchmarks/micro.py [--quick] [--json] [--no-boost] [--options]
+    python benchmarks/micro.py --instructions [--ops frame-in,private] [--json]
 """
 
 from __future__ import annotations
@@ -151,6 +155,21 @@ def close_protocol(proto: Any, transport: Transport) -> None:
 
 # -- the measured operations ---------------------------------------------------
 
+#: Set by ``--one`` under callgrind: loops then run inside ``functools.reduce``,
+#: the one C function callgrind collects in (``--toggle-collect``).
+COUNTING = False
+
+
+def measure(loop: Callable[[], Any]) -> float:
+    """Seconds ``loop()`` takes; under ``--one``, also the only code callgrind counts."""
+    if COUNTING:
+        functools.reduce(lambda acc, _: loop(), (None,), None)
+        return 0.0
+    t0 = time.perf_counter()
+    loop()
+    return time.perf_counter() - t0
+
+
 
 def bench_handshake(factory: Any, n: int, path_of: Callable[[int], str]) -> float:
     """Seconds per connection: connect, opening handshake, client close, lost."""
@@ -159,15 +178,17 @@ def bench_handshake(factory: Any, n: int, path_of: Callable[[int], str]) -> floa
 
     requests = [handshake_request(path_of(i)) for i in range(n)]
     done = Failure(ConnectionDone())
-    t0 = time.perf_counter()
-    for request in requests:
-        proto = factory.buildProtocol(PEER)
-        transport = Transport(peerAddress=PEER)
-        proto.makeConnection(transport)
-        proto.dataReceived(request)
-        proto.dataReceived(CLOSE_FRAME)
-        proto.connectionLost(done)
-    return (time.perf_counter() - t0) / n
+
+    def loop() -> None:
+        for request in requests:
+            proto = factory.buildProtocol(PEER)
+            transport = Transport(peerAddress=PEER)
+            proto.makeConnection(transport)
+            proto.dataReceived(request)
+            proto.dataReceived(CLOSE_FRAME)
+            proto.connectionLost(done)
+
+    return measure(loop) / n
 
 
 def bench_frames_in(factory: Any, n: int, per_read: int) -> float:
@@ -175,10 +196,12 @@ def bench_frames_in(factory: Any, n: int, per_read: int) -> float:
     proto, transport = open_protocol(factory)
     chunk = client_frame(PAYLOAD) * per_read
     reads = n // per_read
-    t0 = time.perf_counter()
-    for _ in range(reads):
-        proto.dataReceived(chunk)
-    elapsed = time.perf_counter() - t0
+
+    def loop() -> None:
+        for _ in range(reads):
+            proto.dataReceived(chunk)
+
+    elapsed = measure(loop)
     transport.clear()
     close_protocol(proto, transport)
     return elapsed / (reads * per_read)
@@ -190,12 +213,14 @@ def bench_send_prepared(factory: Any, n: int) -> float:
     proto, transport = open_protocol(factory)
     prepared = factory.prepareMessage(PAYLOAD)
     send = proto.sendPreparedMessage
-    t0 = time.perf_counter()
-    for i in range(n):
-        send(prepared)
-        if i & 1023 == 0:
-            transport.clear()
-    elapsed = time.perf_counter() - t0
+
+    def loop() -> None:
+        for i in range(n):
+            send(prepared)
+            if i & 1023 == 0:
+                transport.clear()
+
+    elapsed = measure(loop)
     transport.clear()
     close_protocol(proto, transport)
     return elapsed / n
@@ -205,12 +230,14 @@ def bench_send_message(factory: Any, n: int) -> float:
     """Seconds per sendMessage (framing on every send: the naive broadcast)."""
     proto, transport = open_protocol(factory)
     send = proto.sendMessage
-    t0 = time.perf_counter()
-    for i in range(n):
-        send(PAYLOAD)
-        if i & 1023 == 0:
-            transport.clear()
-    elapsed = time.perf_counter() - t0
+
+    def loop() -> None:
+        for i in range(n):
+            send(PAYLOAD)
+            if i & 1023 == 0:
+                transport.clear()
+
+    elapsed = measure(loop)
     transport.clear()
     close_protocol(proto, transport)
     return elapsed / n
@@ -243,13 +270,15 @@ def bench_improto_group_in(factory: Any, n: int, members: int) -> float:
     others = [open_protocol(factory, f"/ws/member{i}") for i in range(members)]
     proto, transport = open_protocol(factory, "/ws/sender")
     frame = client_frame(PAYLOAD)
-    t0 = time.perf_counter()
-    for i in range(n):
-        proto.dataReceived(frame)
-        if i & 15 == 0:
-            for _, t in others:
-                t.clear()
-    elapsed = time.perf_counter() - t0
+
+    def loop() -> None:
+        for i in range(n):
+            proto.dataReceived(frame)
+            if i & 15 == 0:
+                for _, t in others:
+                    t.clear()
+
+    elapsed = measure(loop)
     close_protocol(proto, transport)
     for p, t in others:
         t.clear()
@@ -262,12 +291,14 @@ def bench_improto_private_in(factory: Any, n: int) -> float:
     peer, peer_transport = open_protocol(factory, "/ws/bob")
     proto, transport = open_protocol(factory, "/ws/alice")
     frame = client_frame(json.dumps({"to_user": "bob", "msg": "hello, bob - 0123456789"}).encode())
-    t0 = time.perf_counter()
-    for i in range(n):
-        proto.dataReceived(frame)
-        if i & 1023 == 0:
-            peer_transport.clear()
-    elapsed = time.perf_counter() - t0
+
+    def loop() -> None:
+        for i in range(n):
+            proto.dataReceived(frame)
+            if i & 1023 == 0:
+                peer_transport.clear()
+
+    elapsed = measure(loop)
     assert b"hello, bob" in peer_transport.value() or n <= 1
     for p, t in ((proto, transport), (peer, peer_transport)):
         t.clear()
@@ -389,6 +420,75 @@ def run_options(quick: bool = False) -> list[dict[str, Any]]:
     return rows
 
 
+# -- instruction counts (callgrind) -----------------------------------------------
+
+#: op -> (which factory, how to run it n times, n under callgrind).
+OPS: dict[str, tuple[str, Callable[[Any, int], float], int]] = {
+    "handshake": ("bare", lambda f, n: bench_handshake(f, n, "/ws/u{}".format), 40),
+    "frame-in": ("bare", lambda f, n: bench_frames_in(f, n, 1), 400),
+    "frame-in-20": ("bare", lambda f, n: bench_frames_in(f, n, 20), 800),
+    "prepared-out": ("bare", bench_send_prepared, 2000),
+    "send-message": ("bare", bench_send_message, 1000),
+    "improto-handshake": ("chat", lambda f, n: bench_handshake(f, n, "/ws/u{}".format), 40),
+    "private": ("chat", bench_improto_private_in, 300),
+    "group-100": ("chat", lambda f, n: bench_improto_group_in(f, n, 100), 8),
+}
+
+
+def run_one(op: str, mode: str, n: int) -> None:
+    """One op, n times, counted by callgrind (see :func:`count_instructions`)."""
+    global COUNTING
+    kind, fn, _ = OPS[op]
+    factory = make_factory(StockProtocol) if kind == "bare" else improto_factory()
+    if mode == "stock":
+        quiet.uninstall()
+    fn(factory, max(2, n // 4))  # warm-up: first-use imports, remembered texts
+    gc.collect()
+    COUNTING = True
+    fn(factory, n)
+
+
+def count_instructions(ops: list[str], modes: list[str]) -> list[dict[str, Any]]:
+    """
+    Instructions per operation, by callgrind: repeatable whatever the load
+    on the machine, unlike the timings. Only the measured loop is counted
+    (it runs inside ``functools.reduce``, callgrind's ``--toggle-collect``).
+    """
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    rows = []
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    for op in ops:
+        n = OPS[op][2]
+        row: dict[str, Any] = {"op": op, "n": n}
+        for mode in modes:
+            with tempfile.NamedTemporaryFile(suffix=".callgrind") as out:
+                proc = subprocess.run(
+                    ["valgrind", "--tool=callgrind", "--collect-atstart=no",
+                     "--toggle-collect=functools_reduce", f"--callgrind-out-file={out.name}",
+                     sys.executable, __file__, "--one", op, "--mode", mode, "--n", str(n)],
+                    env=env, capture_output=True, text=True, check=False,
+                )
+            found = re.search(r"Collected : (\d+)", proc.stderr)
+            if proc.returncode or not found:
+                raise SystemExit(f"callgrind failed for {op} ({mode}):\n{proc.stderr[-2000:]}")
+            row[mode] = int(found.group(1)) / n
+        rows.append(row)
+    return rows
+
+
+def format_instructions(rows: list[dict[str, Any]]) -> str:
+    modes = [k for k in rows[0] if k not in ("op", "n")]
+    lines = ["instructions per operation (callgrind, measured loop only)",
+             f"  {'':<20}{'n':>6}" + "".join(f"{m:>12}" for m in modes)]
+    for r in rows:
+        lines.append(f"  {r['op']:<20}{r['n']:>6}" + "".join(f"{r[m]:12.0f}" for m in modes))
+    return "\n".join(lines)
+
+
 def format_options(rows: list[dict[str, Any]]) -> str:
     names = [k for k in rows[0] if k != "op"]
     lines = ["µs per operation (best of repeats), bare WebSocketServerProtocol",
@@ -422,7 +522,21 @@ def main() -> None:
     parser.add_argument("--no-boost", action="store_true", help="see run.py --no-boost")
     parser.add_argument("--options", action="store_true",
                         help="compare the ways to quiet Autobahn's logging (docs/upstream)")
+    parser.add_argument("--instructions", action="store_true",
+                        help="count instructions per operation with callgrind instead of timing")
+    parser.add_argument("--ops", default=",".join(OPS), help="with --instructions: which ops")
+    parser.add_argument("--modes", default="stock,improto", help="with --instructions")
+    parser.add_argument("--one", choices=list(OPS), help=argparse.SUPPRESS)
+    parser.add_argument("--mode", default="improto", help=argparse.SUPPRESS)
+    parser.add_argument("--n", type=int, default=100, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one:
+        run_one(args.one, args.mode, args.n)
+        return
+    if args.instructions:
+        rows = count_instructions(args.ops.split(","), args.modes.split(","))
+        print(json.dumps(rows) if args.json else format_instructions(rows))
+        return
     import harness
 
     harness.boost(not args.no_boost)

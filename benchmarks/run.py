@@ -44,6 +44,9 @@ import harness  # noqa: E402
 import loadgen  # noqa: E402
 
 SERVERS = ["improto", "stock-autobahn", "seed-003", "seed-004"]
+#: Accepted by --servers but not run by default: improto with history off
+#: (--history-size 0), to compare against "improto" (history on, 200).
+EXTRA_SERVERS = ["improto-nohistory"]
 SCENARIOS = ["fanout", "private", "churn", "memory"]
 SEEDS = ["seed-003", "seed-004"]
 RUNNERS: dict[str, Callable[..., Coroutine[Any, Any, dict[str, Any]]]] = {
@@ -91,6 +94,9 @@ def server_for(name: str, scenario: str, seed_py: Path | None, port: int,
     log = logdir / f"{name}-{scenario}.log"
     if name == "improto":
         return harness.Server(name, harness.improto_argv(port), port, log), "/ws/{}".format
+    if name == "improto-nohistory":
+        argv = harness.improto_argv(port, "--history-size", "0")
+        return harness.Server(name, argv, port, log), "/ws/{}".format
     if name == "stock-autobahn":
         return harness.Server(name, harness.stock_autobahn_argv(port), port, log), "/{}".format
     assert seed_py is not None
@@ -195,7 +201,7 @@ def main() -> None:
     parser.add_argument("--peers", action="store_true",
                         help="improto vs its peers instead (see peers.py; --peers --help)")
     parser.add_argument("--only", help=f"comma-separated scenarios of {','.join(SCENARIOS)}")
-    parser.add_argument("--servers", help=f"comma-separated servers of {','.join(SERVERS)}")
+    parser.add_argument("--servers", help=f"comma-separated servers of {','.join(SERVERS + EXTRA_SERVERS)}")
     parser.add_argument("--no-micro", action="store_true", help="skip the micro-benchmark")
     parser.add_argument("--json", metavar="FILE", help="also write all results as JSON")
     parser.add_argument("--keep-logs", action="store_true", help="keep the servers' logs")
@@ -208,7 +214,7 @@ def main() -> None:
         if s not in SCENARIOS:
             parser.error(f"unknown scenario {s!r}")
     for s in servers:
-        if s not in SERVERS:
+        if s not in SERVERS + EXTRA_SERVERS:
             parser.error(f"unknown server {s!r}")
 
     started = time.monotonic()

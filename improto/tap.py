@@ -12,8 +12,10 @@ text for a coercer's error, and a traceback for a bad path.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
@@ -21,13 +23,35 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from improto.auth import announce, authenticator_from_options
+from improto.backends.interface import Retention
 from improto.backends.url import check_backend_url
+from improto.router.durable import Durability
 from improto.router.limits import RouterLimits
 from improto.settings import Settings
+from improto.workers import check_workers
 
 _log = Logger()
 _SETTINGS = Settings()
 _LIMITS = RouterLimits()
+_RETENTION = Retention()
+_DURABILITY = Durability()
+
+
+#: Listen queue for TCP and TLS ports that do not set ``backlog=``. Twisted's
+#: default of 50 overflows when a few dozen clients connect at once (a page
+#: reload of a busy room, a reconnect storm after a restart): the kernel then
+#: drops SYNs and each dropped client waits a second or more to retry. The
+#: kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 1024
+
+
+def with_listen_backlog(port: str) -> str:
+    """``port`` with ``backlog=LISTEN_BACKLOG`` added to a tcp/tcp6/ssl endpoint
+    that names none; any other endpoint string is returned as it is."""
+    kind = port.split(":", 1)[0].lower()
+    if kind not in ("tcp", "tcp6", "ssl") or "backlog=" in port:
+        return port
+    return f"{port}:backlog={LISTEN_BACKLOG}"
 
 
 def _fail(message: str) -> SystemExit:
@@ -56,6 +80,13 @@ def _non_negative_float(value: str) -> float:
     return number
 
 
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0 or number == float("inf"):
+        raise ValueError("must be a positive number")
+    return number
+
+
 def _g(number: float) -> str:
     return f"{number:g}"
 
@@ -73,6 +104,12 @@ _NUMBERS: dict[str, Callable[[str], float]] = {
     "idle-timeout": _non_negative_float,
     "max-header-size": _positive_int,
     "auth-leeway": _non_negative_float,
+    "history-size": _non_negative_int,
+    "history-age": _positive_float,
+    "inbox-ttl": _positive_float,
+    "idempotency-window": _non_negative_float,
+    "history-page-max": _positive_int,
+    "workers": _positive_int,
 }
 
 
@@ -87,8 +124,13 @@ class Options(usage.Options):
         ["no-echo", None, "Turn the echo route off (its path then answers 404)."],
     ]
     optParameters = [
-        ["port", "p", "tcp:8080", "Endpoint to listen on, e.g. tcp:8080 or ssl:8443:privateKey=key.pem."],
-        ["backend", "b", "memory://", "Delivery backend: memory:// or redis://HOST:PORT/DB."],
+        ["port", "p", "tcp:8080", "Endpoint to listen on, e.g. tcp:8080 or ssl:8443:privateKey=key.pem "
+         f"(TCP and TLS ports listen with backlog={LISTEN_BACKLOG} unless the string sets one)."],
+        ["backend", "b", "memory://",
+         "Delivery backend: memory://, redis://HOST:PORT/DB, "
+         "redis-cluster://HOST:PORT,HOST:PORT/ (Redis 7 Cluster, sharded pub/sub) or "
+         "redis-sentinel://HOST:PORT,HOST:PORT/MASTER/DB (the master Sentinel names). "
+         "Options as ?name=value, e.g. ?prefix=chat:."],
         ["max-message-size", None, str(_LIMITS.max_message_size), "Longest chat message in bytes."],
         ["allowed-origins", None, None,
          "Comma-separated Origin patterns that may open WebSockets besides the server's own "
@@ -118,11 +160,23 @@ class Options(usage.Options):
         ["auth-audience", None, None, "Token mode: the aud every token must name."],
         ["auth-issuer", None, None, "Token mode: the iss every token must name."],
         ["auth-leeway", None, "30", "Token mode: seconds of clock skew allowed on exp/nbf."],
+        ["history-size", None, str(_RETENTION.size), "Messages kept per group/user stream (0 = no history)."],
+        ["history-age", None, _g(_RETENTION.age), "Seconds a stored message stays in history."],
+        ["inbox-ttl", None, _g(_DURABILITY.inbox_ttl), "Seconds after a user's last connection that private messages to it are stored."],
+        ["idempotency-window", None, _g(_DURABILITY.idempotency_window), "Seconds a retried send (same id) is acked, not redelivered."],
+        ["history-page-max", None, str(_DURABILITY.history_page_max), "Most messages one history or resume page holds."],
         ["metrics", None, None,
          "Serve Prometheus metrics at /metrics: on a listening endpoint of its own that "
          "serves nothing else, e.g. tcp:9100:interface=127.0.0.1, or 'main' for the main "
          "port (public: anyone who can reach the chat can read them). Default: off."],
+        ["workers", None, "1", "Worker processes sharing --port, e.g. one per core; more than 1 needs "
+         "a redis:// backend and a tcp: port (see improto.workers)."],
     ]
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        # Kept for --workers: each worker parses the same arguments.
+        self.argv = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
 
     def postOptions(self) -> None:
         for name, parse in _NUMBERS.items():
@@ -136,6 +190,7 @@ class Options(usage.Options):
             serverFromString(None, self["port"])
         except Exception as e:
             raise _fail(f"bad --port {self['port']!r}: {e}") from None
+        self["port"] = with_listen_backlog(self["port"])
         try:
             scheme = check_backend_url(self["backend"])
         except ValueError as e:
@@ -152,6 +207,10 @@ class Options(usage.Options):
                 serverFromString(None, self["metrics"])
         except Exception as e:
             raise _fail(f"bad --metrics {self['metrics']!r}: {e}") from None
+        try:
+            check_workers(self["workers"], scheme, self["port"], self["metrics"])
+        except ValueError as e:
+            raise _fail(str(e)) from None
         self["allowed-origins"] = _origins(self["allowed-origins"])
         self["echo-path"] = _echo_path(self["echo-path"], self["no-echo"])
         if self["static"] is not None:
@@ -190,6 +249,17 @@ def _check_static(path: str) -> None:
 
 
 def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    if options["workers"] > 1:
+        from improto.workers import Supervisor
+
+        return Supervisor(options.argv, options["workers"], options["port"], reactor)
+    return build_service(options)
+
+
+def build_service(options: Options, endpoint: Any = None, node_id: str | None = None) -> IService:
+    """One node's service; a ``--workers`` worker passes its adopted socket and node id."""
     from twisted.internet import endpoints, reactor
 
     from improto.backends.url import backend_from_url
@@ -226,14 +296,18 @@ def makeService(options: Options) -> IService:
         burst=options["rate"] * 2,
         max_groups=options["max-groups"],
     )
-    backend = backend_from_url(options["backend"], reactor)
+    backend = backend_from_url(options["backend"], reactor, node_id=node_id)
     metrics = ServerMetrics() if options["metrics"] else None
-    router = Router(backend, limits=limits, clock=time.monotonic, **({"metrics": metrics} if metrics else {}))
+    backend.retention = Retention(options["history-size"], options["history-age"])
+    durability = Durability(
+        options["history-page-max"], options["inbox-ttl"], options["idempotency-window"])
+    router = Router(backend, limits=limits, clock=time.monotonic, durability=durability,
+                    **({"metrics": metrics} if metrics else {}))
     on_main = MetricsResource(metrics) if metrics and options["metrics"] == "main" else None
     site = GuardedSite(root_resource(router, settings, reactor, options["static"], on_main), settings, reactor)
     if metrics is not None:
         metrics.watch(router)
         site.metrics = metrics
-    endpoint = endpoints.serverFromString(reactor, options["port"])
+    endpoint = endpoint or endpoints.serverFromString(reactor, options["port"])
     server = ImprotoService(router, endpoint, site, settings, reactor, options["port"])
     return with_metrics(server, metrics, options["metrics"], reactor)

@@ -9,6 +9,11 @@ from typing import Any
 import pytest
 
 from improto.testing import captured_events
+from tests.redis_cluster_fixture import (  # noqa: F401  (fixtures for every module)
+    fresh_redis_cluster,
+    redis_cluster,
+    redis_sentinel,
+)
 from tests.redis_fixture import (  # noqa: F401  (fixtures for every module)
     private_redis,
     redis_prefix,

@@ -2,7 +2,7 @@
 Run improto exactly as deployed (``twistd -n improto``), for the benchmarks.
 
     python improto_server.py HOST PORT [--profile OUT.prof] [--stock-autobahn] [--tcp-nodelay]
-                             [--backend URL] [--workers N] [--backlog N]
+                             [--backend URL] [--workers N] [--backlog N] [--history-size N]
 
 ``--profile FILE``: SIGUSR1 starts cProfile (clock: process CPU time, or
 wall with ``--profile-clock wall``), SIGUSR2 stops it and writes FILE. ``--stock-autobahn`` undoes
@@ -10,6 +10,8 @@ wall with ``--profile-clock wall``), SIGUSR2 stops it and writes FILE. ``--stock
 Autobahn, to measure what it buys ("before"). ``--tcp-nodelay`` is a no-op
 kept for old command lines: twisted.web's HTTP channel sets TCP_NODELAY on
 every accepted socket, and improto's ``LinkProtocol.tcpNoDelay`` again.
+``--history-size N`` is passed to twistd: ``0`` turns history off (plain
+at-most-once pub/sub), for the history on/off comparison.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ def main() -> None:
     parser.add_argument("--backend", help="twistd improto --backend (default: memory)")
     parser.add_argument("--workers", help="twistd improto --workers, where it has that option")
     parser.add_argument("--backlog", help="listen backlog (Twisted's default is 50)")
+    parser.add_argument("--history-size", default=None, help="twistd improto --history-size (0 = off)")
     args = parser.parse_args()
     find_plugin()
     if args.stock_autobahn:
@@ -70,6 +73,8 @@ def main() -> None:
         sys.argv += ["--backend", args.backend]
     if args.workers:
         sys.argv += ["--workers", args.workers]
+    if args.history_size is not None:
+        sys.argv += ["--history-size", args.history_size]
     if args.profile:
         start_profiler_on_signal(args.profile, args.profile_clock)
     run()

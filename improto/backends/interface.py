@@ -48,6 +48,17 @@ class Envelope:
     binary: bool = False
     audience: Audience = Audience.ALL
     exclude_session: str | None = None
+    #: Set by :meth:`IBackend.append`: the history stream the frame is
+    #: stored in and its position there (see :mod:`improto.backends.streams`).
+    stream: str | None = None
+    seq: int | None = None
+
+
+def positioned(envelope: Envelope, stream: str, seq: int) -> Envelope:
+    """``envelope`` at ``seq`` of ``stream`` (``attrs.evolve`` costs more, per message)."""
+    e = envelope
+    return Envelope(e.origin_node, e.origin_session, e.data, e.binary, e.audience, e.exclude_session,
+                    stream, seq)
 
 
 class BackendState(enum.Enum):
@@ -73,6 +84,43 @@ class BackendUnavailable(Exception):
 
 
 EnvelopeCallback = Callable[[Envelope], None]
+
+
+@attrs.frozen
+class Retention:
+    """How much history a backend keeps per stream; ``size=0`` keeps none."""
+
+    size: int = 200
+    #: Seconds an entry stays readable.
+    age: float = 86400.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.size > 0
+
+
+@attrs.frozen
+class Appended:
+    """What :meth:`IBackend.append` did."""
+
+    seq: int
+    #: Nodes the envelope was published to (0: nobody subscribed).
+    receivers: int
+    #: The idempotency key was already used: nothing was stored or
+    #: published again; ``seq``/``receivers`` are those of the original.
+    duplicate: bool = False
+
+
+@attrs.frozen
+class HistoryPage:
+    """One page of a stream, oldest first."""
+
+    #: Stored envelopes, each with ``stream`` and ``seq`` set.
+    messages: list[Envelope]
+    #: The oldest seq still stored (``last_seq + 1`` when none is).
+    first_seq: int
+    #: The newest seq ever assigned in the stream (0: none yet).
+    last_seq: int
 
 
 class IBackend(Interface):
@@ -146,3 +194,37 @@ class IBackend(Interface):
 
     def presence_members(scope: str) -> Deferred[list[str]]:
         """Every member of ``scope`` on every live node, sorted."""
+
+    retention: Retention = Attribute("How much history append() keeps; settable before start().")
+
+    def append(
+        stream: str, channel: str, envelope: Envelope,
+        idempotency_key: str | None = None, idempotency_ttl: float = 0,
+    ) -> Deferred[Appended]:
+        """
+        Give ``envelope`` the next seq of ``stream``, store its ``data``
+        in the stream's bounded history and publish it (with ``stream``
+        and ``seq`` set) on ``channel``, atomically: every node delivers
+        exactly the seq that is stored, and seqs reach each node in order.
+
+        With ``idempotency_key``, a second append with the same key within
+        ``idempotency_ttl`` seconds stores and publishes nothing and fires
+        with the first one's result, ``duplicate=True``.
+        """
+
+    def history(
+        stream: str, after_seq: int, limit: int, before_seq: int | None = None
+    ) -> Deferred[HistoryPage]:
+        """
+        Up to ``limit`` stored messages with ``after_seq < seq``, oldest
+        first; with ``before_seq``, the newest ``limit`` ones below it.
+        """
+
+    def mark_seen(user: str, cursor: int, ttl: float) -> Deferred[None]:
+        """
+        Remember for ``ttl`` seconds that ``user`` was connected, and that
+        its private stream was delivered up to ``cursor`` (never lowered).
+        """
+
+    def last_seen(user: str) -> Deferred[int | None]:
+        """The cursor of :meth:`mark_seen`, or None if not seen within its ttl."""

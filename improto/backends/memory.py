@@ -16,13 +16,18 @@ from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
 from improto.backends.interface import (
+    Appended,
     BackendHealth,
     BackendState,
     BackendUnavailable,
     Envelope,
     EnvelopeCallback,
+    HistoryPage,
     IBackend,
+    Retention,
+    positioned,
 )
+from improto.backends.memory_history import MemoryStreams
 
 
 @attrs.define
@@ -31,6 +36,7 @@ class MemoryHub:
 
     channels: dict[str, dict[str, EnvelopeCallback]] = attrs.field(factory=dict)
     presence: dict[str, dict[str, set[str]]] = attrs.field(factory=dict)
+    streams: MemoryStreams = attrs.field(factory=MemoryStreams)
 
 
 @implementer(IBackend)
@@ -46,6 +52,7 @@ class MemoryBackend:
         self.node_id = node_id or uuid.uuid4().hex[:12]
         self._state = BackendState.STARTING
         self._subscribed: set[str] = set()
+        self.retention = Retention()
 
     def start(self) -> Deferred[None]:
         self._state = BackendState.OK
@@ -71,14 +78,17 @@ class MemoryBackend:
     def publish(self, channel: str, envelope: Envelope) -> Deferred[int]:
         if self._state is not BackendState.OK:
             return fail(BackendUnavailable(f"cannot publish: memory backend is {self._state.value}"))
+        return succeed(self._deliver(channel, envelope))
+
+    def _deliver(self, channel: str, envelope: Envelope) -> int:
         listeners = self.hub.channels.get(channel)
         if not listeners:
-            return succeed(0)
+            return 0
         # Copy: a callback may subscribe or unsubscribe while we iterate.
         callbacks = list(listeners.values())
         for callback in callbacks:
             callback(envelope)
-        return succeed(len(callbacks))
+        return len(callbacks)
 
     def subscribe(self, channel: str, callback: EnvelopeCallback) -> Deferred[None]:
         if (refused := self._refuse("subscribe")) is not None:
@@ -124,3 +134,43 @@ class MemoryBackend:
             return refused
         members = self.hub.presence.get(scope, {})
         return succeed(sorted(m for m, nodes in members.items() if nodes))
+
+    # -- history (improto.backends.memory_history) --------------------------
+
+    def append(
+        self, stream: str, channel: str, envelope: Envelope,
+        idempotency_key: str | None = None, idempotency_ttl: float = 0,
+    ) -> Deferred[Appended]:
+        if self._state is not BackendState.OK:
+            return fail(BackendUnavailable(f"cannot append: memory backend is {self._state.value}"))
+        streams = self.hub.streams
+        if idempotency_key is not None:
+            idempotency_key = f"{stream}\n{idempotency_key}"  # per stream, as on Redis
+        original = streams.duplicate(idempotency_key)
+        if original is not None:
+            return succeed(original)
+        seq = streams.next_seq(stream)
+        published = positioned(envelope, stream, seq)
+        if self.retention.enabled:
+            streams.store(stream, seq, published, self.retention)
+        if idempotency_key is None:
+            return succeed(Appended(seq, self._deliver(channel, published)))
+        # Reserve the key before delivering: a callback may retry at once.
+        streams.remember(idempotency_key, Appended(seq, 0), idempotency_ttl)
+        appended = Appended(seq, self._deliver(channel, published))
+        streams.remember(idempotency_key, appended, idempotency_ttl)
+        return succeed(appended)
+
+    def history(
+        self, stream: str, after_seq: int, limit: int, before_seq: int | None = None
+    ) -> Deferred[HistoryPage]:
+        if self._state is not BackendState.OK:
+            return fail(BackendUnavailable(f"cannot read history: memory backend is {self._state.value}"))
+        return succeed(self.hub.streams.page(stream, after_seq, limit, before_seq, self.retention))
+
+    def mark_seen(self, user: str, cursor: int, ttl: float) -> Deferred[None]:
+        self.hub.streams.mark_seen(user, cursor, ttl)
+        return succeed(None)
+
+    def last_seen(self, user: str) -> Deferred[int | None]:
+        return succeed(self.hub.streams.last_seen(user))

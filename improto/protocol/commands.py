@@ -138,7 +138,8 @@ def _native(obj: Any, text: str) -> Command:
     if not isinstance(kind, str):
         raise ProtocolError(
             ErrorCode.BAD_MESSAGE,
-            "Field 'type' is missing or not a string; expected send, private, join, leave or who.",
+            "Field 'type' is missing or not a string; expected send, private, join, leave, who, "
+            "history or resume.",
             request_id,
         )
     _check_unicode(obj, text, request_id)
@@ -157,9 +158,16 @@ def _native(obj: Any, text: str) -> Command:
         return Leave(_group(obj, request_id), request_id)
     if kind == "who":
         return Who(_group(obj, request_id), request_id)
+    if kind in ("history", "resume"):
+        from improto.protocol import streams  # it imports this module
+
+        if kind == "history":
+            return streams.decode_history(obj, request_id)  # type: ignore[return-value]
+        return streams.decode_resume(obj, request_id)  # type: ignore[return-value]
     raise ProtocolError(
         ErrorCode.UNKNOWN_TYPE,
-        f"Unknown message type {kind[:40]!r}; expected send, private, join, leave or who.",
+        f"Unknown message type {kind[:40]!r}; expected send, private, join, leave, who, "
+        "history or resume.",
         request_id,
     )
 

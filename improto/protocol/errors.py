@@ -22,6 +22,7 @@ class ErrorCode(str, enum.Enum):
     BINARY_NOT_SUPPORTED = "binary_not_supported"
     BACKEND_UNAVAILABLE = "backend_unavailable"
     SHUTTING_DOWN = "shutting_down"
+    BAD_RESUME = "bad_resume"
 
 
 @attrs.frozen

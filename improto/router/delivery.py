@@ -11,7 +11,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from improto.backends.interface import Audience, BackendUnavailable, Envelope
-from improto.protocol import codec
+from improto.protocol import codec, streams
 from improto.protocol.codec import ErrorCode, ProtocolError
 from improto.router.observer import NO_METRICS, Observer
 from improto.router.sessions import Session, SessionLink, SessionTable
@@ -32,22 +32,41 @@ def deliver(sessions: Iterable[Session], envelope: Envelope, table: SessionTable
     Hand ``envelope`` to every one of ``sessions`` it is meant for. Links of
     one class get it through that class's ``broadcast``, so a frame is
     encoded (and compressed) once for all of them, not once per member.
+    A stored envelope reaches native sessions with its ``stream`` and
+    ``seq`` (spliced in once) and seed sessions unchanged; a session whose
+    resume of that stream runs gets it afterwards (see :mod:`.resume`).
     Returns how many links it was handed to.
     """
     native_only = envelope.audience is Audience.NATIVE
     if native_only and not table.native_count:
         return 0
+    stored = envelope.seq is not None
     by_class: dict[type, list[SessionLink]] = {}
+    #: Native links of a stored envelope: they get it with its position.
+    positioned: dict[type, list[SessionLink]] = {}
     for s in sessions:
         if s.id == envelope.exclude_session or (native_only and not s.native):
             continue
-        by_class.setdefault(type(s.link), []).append(s.link)
+        if stored and s.native:
+            if s.replay is not None and s.replay.hold(envelope):
+                continue
+            positioned.setdefault(type(s.link), []).append(s.link)
+        else:
+            by_class.setdefault(type(s.link), []).append(s.link)
+    handed = _broadcast(by_class, envelope.data, envelope.binary)
+    if positioned:
+        data = streams.positioned(envelope.data, envelope.stream or "", envelope.seq or 0)
+        handed += _broadcast(positioned, data, envelope.binary)
+    return handed
+
+
+def _broadcast(by_class: dict[type, list[SessionLink]], data: bytes, binary: bool) -> int:
     for link_class, links in by_class.items():
         broadcast = getattr(link_class, "broadcast", None)
         if broadcast is None:
-            send_each(links, envelope.data, envelope.binary)
+            send_each(links, data, binary)
         else:
-            broadcast(links, envelope.data, envelope.binary)
+            broadcast(links, data, binary)
     return sum(map(len, by_class.values()))
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred
 
 from improto.backends.interface import Audience, Envelope
-from improto.protocol import codec
+from improto.protocol import codec, streams
 from improto.protocol.codec import ErrorCode, ProtocolError
 from improto.router.channels import echo_channel, group_channel, user_channel
 from improto.router.sessions import Session
@@ -110,6 +110,10 @@ class Inbound:
                 self._leave(session, command)
             case codec.Who():
                 self._who(session, command)
+            case streams.History():
+                self._router.durable.history(session, command)
+            case streams.Resume():
+                self._router.durable.resume(session, command.streams, command.id)
 
     def _echo(self, session: Session, data: bytes, binary: bool) -> None:
         envelope = Envelope(self._backend.node_id, session.id, data, binary)
@@ -143,6 +147,9 @@ class Inbound:
             exclude_session=session.id,
         )
         self._router.metrics.message_in("group")
+        if self._router.durable.enabled:
+            self._router.durable.send_to_group(session, command.group, envelope, command.id)
+            return
         d = self._backend.publish(group_channel(command.group), envelope)
         self._ack_when_done(d, session, command.id)
 
@@ -150,6 +157,15 @@ class Inbound:
         data = codec.private_message(session.user, command.to, command.msg)
         envelope = Envelope(self._backend.node_id, session.id, data, exclude_session=session.id)
         self._router.metrics.message_in("private")
+        if self._router.durable.enabled:
+            self._router.durable.send_to_user(
+                session, command.to, envelope, command.id,
+                lambda: self._publish_private(session, command, envelope))
+            return
+        self._publish_private(session, command, envelope)
+
+    def _publish_private(self, session: Session, command: codec.SendToUser, envelope: Envelope) -> None:
+        """The live-only path: delivered to whoever is online now, or refused."""
         d = self._backend.publish(user_channel(command.to), envelope)
 
         def delivered(receivers: int) -> None:

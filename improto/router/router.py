@@ -25,6 +25,7 @@ from improto.backends.interface import Envelope, IBackend
 from improto.protocol import codec
 from improto.router.channels import echo_channel, group_channel, user_channel
 from improto.router.delivery import Replies, deliver
+from improto.router.durable import Durability, DurableMessages
 from improto.router.groups import GroupMembership
 from improto.router.inbound import Inbound
 from improto.router.limits import RouterLimits
@@ -34,7 +35,7 @@ from improto.router.ratelimit import TokenBucket
 from improto.router.sessions import Session, SessionLink, SessionTable, Ticket
 from improto.router.subscriptions import Subscriptions
 
-__all__ = ["Router", "RouterLimits", "Session", "SessionLink", "Ticket"]
+__all__ = ["Durability", "Router", "RouterLimits", "Session", "SessionLink", "Ticket"]
 
 
 class Router:
@@ -52,6 +53,7 @@ class Router:
         limits: RouterLimits = RouterLimits(),
         clock: Callable[[], float] = time.monotonic,
         metrics: Observer = NO_METRICS,
+        durability: Durability | None = None,
     ) -> None:
         self.backend = backend
         self.limits = limits
@@ -63,6 +65,7 @@ class Router:
         self._subscriptions = Subscriptions(backend)
         self.presence = Presence(backend)
         self.replies = Replies(metrics)
+        self.durable = DurableMessages(self, durability or Durability())
         self._inbound = Inbound(self)
 
     @property
@@ -112,11 +115,12 @@ class Router:
 
     def connect(
         self, link: SessionLink, user: str, *, native: bool, ticket: Ticket | None = None,
-        allowed_groups: frozenset[str] | None = None,
+        allowed_groups: frozenset[str] | None = None, resume: str | None = None,
     ) -> Session:
         """
         Register a chat connection; it joins the lobby, as in the seeds.
         ``allowed_groups`` (None = any) limits what its ``join`` frames may join.
+        ``resume`` is the ``?resume=`` query value, if any (docs/protocol.md).
         """
         session = self._new_session(link, user, native, ticket)
         session.allowed_groups = allowed_groups
@@ -128,6 +132,7 @@ class Router:
         if native:
             link.send_frame(codec.welcome(user, session.id, [codec.LOBBY]), False)
         in_background(self.join_group(session, codec.LOBBY))
+        self.durable.connected(session, resume)
         return session
 
     def connect_echo(self, link: SessionLink, ticket: Ticket | None = None) -> Session:
@@ -160,13 +165,19 @@ class Router:
         if session.closed:
             return
         session.closed = True
+        self.durable.disconnected(session)
         for group in sorted(session.groups):
             in_background(self.leave_group(session, group))
         if self._table.remove(session):
             in_background(self.presence.went_offline(session.user))
         for channel in session.channels:
-            self._subscriptions.release(channel)
+            self._release(channel)
         session.channels.clear()
+
+    def _release(self, channel: str) -> None:
+        self._subscriptions.release(channel)
+        if channel not in self._subscriptions:
+            self.durable.tracker.forget(channel)
 
     def close_all(self, code: int = 1001, reason: str = "server is shutting down") -> None:
         for session in list(self._table.by_id.values()):
@@ -219,7 +230,7 @@ class Router:
         channel = group_channel(group)
         if channel in session.channels:
             session.channels.discard(channel)
-            self._subscriptions.release(channel)
+            self._release(channel)
         return gatherResults(waits, consumeErrors=True).addErrback(first_error)
 
     # -- subscriptions and what arrives on them ------------------------------
@@ -241,9 +252,21 @@ class Router:
         return self._hold(holder, echo_channel(session_id), functools.partial(self._to_echo, session_id))
 
     def _to_group(self, group: str, envelope: Envelope) -> None:
+        if envelope.seq is None:
+            self._fan_out_group(group, envelope)
+            return
+        self.durable.tracker.receive(envelope, functools.partial(self._fan_out_group, group))
+
+    def _fan_out_group(self, group: str, envelope: Envelope) -> None:
         self.metrics.delivered("group", deliver(self._groups.members(group), envelope, self._table))
 
     def _to_user(self, user: str, envelope: Envelope) -> None:
+        if envelope.seq is None:
+            self._fan_out_user(user, envelope)
+            return
+        self.durable.tracker.receive(envelope, functools.partial(self._fan_out_user, user))
+
+    def _fan_out_user(self, user: str, envelope: Envelope) -> None:
         self.metrics.delivered("private", deliver(self._table.of_user(user), envelope, self._table))
 
     def _to_echo(self, session_id: str, envelope: Envelope) -> None:

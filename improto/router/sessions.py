@@ -57,6 +57,8 @@ class Session:
     allowed_groups: frozenset[str] | None = None
     #: Error codes already logged for this session: log once, not per frame.
     logged: set[str] = attrs.field(factory=set)
+    #: A :class:`improto.router.resume.Replay` while a resume runs, else None.
+    replay: Any = None
 
     @property
     def is_person(self) -> bool:

@@ -64,6 +64,7 @@ class ChatServerProtocol(LinkProtocol):
     _native: bool = False
     _echo: bool = False
     _ticket: Ticket | None = None
+    _resume: str | None = None
 
     def onConnect(  # type: ignore[override]  # Autobahn also accepts a Deferred
         self, request: ConnectionRequest
@@ -76,6 +77,7 @@ class ChatServerProtocol(LinkProtocol):
             # Complete the handshake (with the subprotocol: browsers fail a
             # handshake that drops it) so the client can read why it is refused.
             return subprotocol
+        self._resume = ",".join(request.params.get("resume", [])) or None
         # The handshake completes only once this client is reachable.
         return self.factory.router.prepare(self._nickname).addCallback(
             self._prepared, subprotocol
@@ -166,7 +168,7 @@ class ChatServerProtocol(LinkProtocol):
             self.close(*self._close_at_open)
             return None
         return router.connect(self, self._nickname, native=self._native, ticket=ticket,
-                              allowed_groups=self._allowed_groups)
+                              allowed_groups=self._allowed_groups, resume=self._resume)
 
     def failHandshake(
         self, reason: str, code: int = 400, responseHeaders: Any = None

@@ -1,5 +1,6 @@
 """
-Stop stock Autobahn from formatting debug-log text that nobody logs.
+Stop stock Autobahn from formatting debug-log text that nobody logs (and
+from setting up a native masker for every small client frame).
 
 Autobahn calls ``self.log.debug(..., func=hltype(self.sendData), ...)`` on
 every frame written, on every read and several times per connection, and
@@ -19,7 +20,11 @@ that call them (:data:`PATCHED`):
 * ``pformat`` (of ``autobahn.websocket.protocol``) to :func:`lazy_pformat`:
   for a list, the settings dump, a :class:`LazyText` that formats only if a
   log observer renders it (Autobahn's own ``_LazyHexFormatter`` idiom);
-  anything else, as ``Timings.__str__``'s dict, is formatted at once.
+  anything else, as ``Timings.__str__``'s dict, is formatted at once;
+* ``create_xor_masker`` (of ``autobahn.websocket.protocol``) to
+  :func:`improto.web.framing.create_xor_masker`: the same unmasked bytes,
+  by integer XOR for frames up to 1 KiB instead of a native masker whose
+  set-up costs more than a chat frame's unmasking (see that module).
 
 No Autobahn method is re-stated or skipped here and no private attribute
 is read, so whatever an upgrade adds to Autobahn's methods still runs;
@@ -45,20 +50,24 @@ from collections.abc import Callable
 from typing import Any
 
 import autobahn.util
+import autobahn.websocket.xormasker
 from twisted.logger import Logger
+
+from improto.web import framing
 
 _log = Logger()
 
 #: Autobahn module -> the helper names in it that are rebound.
 PATCHED: dict[str, tuple[str, ...]] = {
-    "autobahn.websocket.protocol": ("hltype", "pformat"),
+    "autobahn.websocket.protocol": ("hltype", "pformat", "create_xor_masker"),
     "autobahn.twisted.websocket": ("hltype",),
 }
 
 #: The helpers those names are bound to in stock Autobahn.
-STOCK: dict[str, Callable[..., str]] = {
+STOCK: dict[str, Callable[..., Any]] = {
     "hltype": autobahn.util.hltype,
     "pformat": pprint.pformat,
+    "create_xor_masker": autobahn.websocket.xormasker.create_xor_masker,
 }
 
 
@@ -105,7 +114,11 @@ def lazy_pformat(obj: Any, *args: Any, **kwargs: Any) -> Any:
     return pprint.pformat(obj, *args, **kwargs)
 
 
-REBOUND: dict[str, Callable[..., Any]] = {"hltype": memo_hltype, "pformat": lazy_pformat}
+REBOUND: dict[str, Callable[..., Any]] = {
+    "hltype": memo_hltype,
+    "pformat": lazy_pformat,
+    "create_xor_masker": framing.create_xor_masker,
+}
 
 #: Whether improto's writes skip Autobahn's per-frame ``log.debug`` call
 #: (``LinkProtocol.sendData``); on with :func:`install`, off with

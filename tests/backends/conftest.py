@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -31,7 +32,7 @@ class Cluster:
         await settle(self.a, *(nodes or (self.a, self.b)))
 
 
-@pytest_twisted.async_yield_fixture(params=["memory", "redis"])
+@pytest_twisted.async_yield_fixture(params=["memory", "redis", "redis-cluster"])
 async def cluster(request: pytest.FixtureRequest):
     made: list[Any] = []
     if request.param == "memory":
@@ -39,6 +40,16 @@ async def cluster(request: pytest.FixtureRequest):
 
         def make(node_id: str, **_: Any) -> Any:
             made.append(MemoryBackend(hub, node_id))
+            return made[-1]
+
+    elif request.param == "redis-cluster":
+        from improto.backends.redis.cluster import ClusterBackend
+
+        url = request.getfixturevalue("redis_cluster").url
+        prefix = f"improto-test:{uuid.uuid4().hex[:10]}:"
+
+        def make(node_id: str, **options: Any) -> Any:
+            made.append(ClusterBackend.from_url(url, reactor=reactor, prefix=prefix, node_id=node_id, **options))
             return made[-1]
 
     else:

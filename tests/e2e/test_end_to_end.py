@@ -64,7 +64,7 @@ def test_native_dialect_round_trip(server: ServerProcess) -> None:
         assert recv_json(mx) == {"type": "ack", "id": "k"}
         assert recv_json(nat) == {"type": "presence", "event": "join", "user": "max", "group": "dev"}
         mx.send(json.dumps({"type": "send", "group": "dev", "msg": "hi dev", "id": "1"}))
-        assert recv_json(mx) == {"type": "ack", "id": "1"}
+        assert recv_json(mx) == {"type": "ack", "id": "1", "seq": 1, "stream": "group:dev", "status": "delivered"}
         assert recv_json(nat)["msg"] == "hi dev"
         nat.send(json.dumps({"type": "who", "group": "dev", "id": "w"}))
         assert recv_json(nat) == {"type": "who", "group": "dev", "users": ["max", "nat"], "id": "w"}

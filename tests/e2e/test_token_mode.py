@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -92,8 +93,10 @@ def raw_handshake(server: ServerProcess, path: str, headers: str = "") -> bytes:
 
 
 def still_chatting(alice: ClientConnection, bob: ClientConnection, text: str) -> None:
-    alice.send(json.dumps({"type": "private", "to": "bob", "msg": text, "id": text}))
-    assert until(alice, "ack")["id"] == text
+    # A fresh id: a send that reuses one within the idempotency window is not redelivered.
+    request_id = uuid.uuid4().hex
+    alice.send(json.dumps({"type": "private", "to": "bob", "msg": text, "id": request_id}))
+    assert until(alice, "ack")["id"] == request_id
     assert until(bob, "private")["msg"] == text
 
 

@@ -108,9 +108,10 @@ class TestNativeDialect:
         send(router, sm, {"type": "join", "group": "dev", "id": "j2"})
         n.take(), m.take()
         send(router, sn, {"type": "send", "group": "dev", "msg": "build is green", "id": 7})
-        assert n.take() == [{"type": "ack", "id": "7"}]
+        assert n.take() == [{"type": "ack", "id": "7", "seq": 1, "stream": "group:dev", "status": "delivered"}]
         assert m.take() == [
-            {"type": "message", "group": "dev", "sender": "nat", "username": "nat", "from_user": "nat", "msg": "build is green"}
+            {"type": "message", "group": "dev", "sender": "nat", "username": "nat", "from_user": "nat",
+             "msg": "build is green", "stream": "group:dev", "seq": 1}
         ]
 
     def test_join_leave_presence_and_who(self, router):
@@ -171,7 +172,7 @@ class TestNativeDialect:
         if code != "bad_message" or frame.get("id") == "1":
             assert error.get("id") == "1"
         send(router, sn, {"type": "send", "group": "lobby", "msg": "still here", "id": "2"})
-        assert n.take() == [{"type": "ack", "id": "2"}]
+        assert [(f["type"], f["id"]) for f in n.take()] == [("ack", "2")]
         assert [f["msg"] for f in b.take()] == ["still here"]
 
     def test_a_seed_route_session_speaking_native_gets_native_replies(self, router):
@@ -210,7 +211,7 @@ class TestLimits:
         assert [f["msg"] for f in b.take()] == ["0", "1", "2"]
         clock.now += 1.0
         send(router, sa, {"type": "send", "group": "lobby", "msg": "later", "id": "5"})
-        assert a.take() == [{"type": "ack", "id": "5"}]
+        assert [(f["type"], f["id"], f["seq"]) for f in a.take()] == [("ack", "5", 4)]
 
     def test_binary_frames_are_refused_on_chat_routes(self, router):
         a, sa = connect(router, "alice")

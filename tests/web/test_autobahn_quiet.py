@@ -313,3 +313,150 @@ def test_lazy_text_renders_like_the_helper() -> None:
     assert isinstance(text, quiet.LazyText)
     assert (str(text), f"{text}", f"{text:>80}", repr(text)) == (eager, eager, f"{eager:>80}", repr(eager))
     assert quiet.lazy_pformat({"a": 1}) == pprint.pformat({"a": 1})
+
+
+# -- the small-frame masker (improto.web.framing.create_xor_masker) -------------------------
+
+#: sha256 of Autobahn's ObservableMixin.on/fire, which LinkProtocol.fire relies on
+#: (``on`` the only way to add a listener; with none, ``fire`` returns a fired
+#: Deferred of []), as reviewed.
+REVIEWED_OBSERVABLE = "4affe79834103602bab6df44bd9350a4bf928059e6a4bbca4dee1e137f1f0c74"
+MASKER_METHODS = {"process", "pointer", "reset"}
+
+
+def test_the_integer_masker_matches_autobahns_across_split_reads() -> None:
+    import os
+    import random
+
+    from autobahn.websocket.xormasker import create_xor_masker
+
+    from improto.web.framing import SMALL_FRAME, IntXorMasker
+    from improto.web.framing import create_xor_masker as ours_for
+
+    rng = random.Random(1)
+    for _ in range(1500):
+        mask, size = os.urandom(4), rng.randint(0, SMALL_FRAME + 50)
+        data = os.urandom(size)
+        cuts = sorted(rng.sample(range(size + 1), min(3, size + 1)))
+        pieces = [data[i:j] for i, j in zip([0, *cuts], [*cuts, size], strict=True)]
+        stock, ours = create_xor_masker(mask, size), ours_for(mask, size)
+        assert isinstance(ours, IntXorMasker) == (size <= SMALL_FRAME)
+        assert b"".join(map(stock.process, pieces)) == b"".join(map(ours.process, pieces))
+        assert stock.pointer() == ours.pointer() == size
+        ours.reset()
+        assert ours.pointer() == 0
+
+
+def _masker_uses() -> tuple[list[ast.Call], set[str]]:
+    """Autobahn's protocol module: its create_xor_masker calls, and every
+    method called on an attribute or name whose name ends in masker."""
+    import autobahn.websocket.protocol as module
+
+    tree = ast.parse(inspect.getsource(module))
+    calls, methods = [], set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            if node.func.id == "create_xor_masker":
+                calls.append(node)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute | ast.Name):
+            owner = getattr(node.value, "attr", None) or getattr(node.value, "id", "")
+            if owner.endswith("masker"):
+                methods.add(node.attr)
+    return calls, methods
+
+
+def test_autobahn_makes_maskers_as_reviewed() -> None:
+    """framing.create_xor_masker takes (mask, length) and its masker has only
+    the three methods Autobahn calls on maskers."""
+    calls, methods = _masker_uses()
+    assert len(calls) == 4, REVIEW
+    assert all(len(c.args) == 2 and not c.keywords for c in calls), REVIEW
+    assert {"process", "pointer"} <= methods <= MASKER_METHODS, f"Autobahn calls {methods} on maskers: {REVIEW}"
+    assert str(inspect.signature(quiet.STOCK["create_xor_masker"])) == "(mask, length=None)", REVIEW
+
+
+def test_small_client_frames_are_unmasked_without_autobahns_masker() -> None:
+    """Through a whole connection: the echo is right and only the large frame
+    used Autobahn's masker (the detector can fail: it counts the large one)."""
+    from improto.web.framing import SMALL_FRAME
+
+    stock_masker = quiet.STOCK["create_xor_masker"]
+    factory = WebSocketServerFactory(reactor=MemoryReactorClock())
+    factory.protocol = Echo
+    protocol = factory.buildProtocol(None)
+    transport = LenientTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(wsframes.handshake("/"))
+    transport.clear()
+    calls = []
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code is stock_masker.__code__:
+            calls.append(1)
+
+    small, large = b"hello, world" * 3, b"x" * (SMALL_FRAME + 1)
+    sys.setprofile(profile)
+    try:
+        protocol.dataReceived(wsframes.client_frame(small))
+        protocol.dataReceived(wsframes.client_frame(large))
+    finally:
+        sys.setprofile(None)
+    assert len(calls) == 1
+    echoed = transport.value()
+    assert echoed.startswith(bytes((0x81, len(small))) + small)
+    assert echoed.endswith(large)
+
+
+# -- the "message" event (LinkProtocol.fire) -------------------------------------------------
+
+
+def test_observable_mixin_is_the_reviewed_one() -> None:
+    from autobahn.util import ObservableMixin
+
+    source = "".join(inspect.getsource(f) for f in (ObservableMixin.on, ObservableMixin.fire))
+    assert hashlib.sha256(source.encode()).hexdigest() == REVIEWED_OBSERVABLE, REVIEW
+
+
+def test_autobahn_fires_the_message_event_through_fire() -> None:
+    from autobahn.websocket.protocol import WebSocketProtocol
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(WebSocketProtocol.onMessageEnd)))
+    fired = [
+        c for c in ast.walk(tree)
+        if isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute) and c.func.attr == "fire"
+        and isinstance(c.func.value, ast.Name) and c.func.value.id == "self"
+    ]
+    assert [c.args[0].value for c in fired if isinstance(c.args[0], ast.Constant)] == ["message"], REVIEW
+
+
+def _chat_connection(path: str) -> tuple[Any, StringTransport]:
+    from improto.backends.memory import MemoryBackend
+    from improto.router import Router
+    from improto.settings import Settings
+    from improto.web.chat import ChatServerFactory
+
+    backend = MemoryBackend()
+    backend.start()
+    factory = ChatServerFactory(Router(backend), Settings(), MemoryReactorClock())
+    protocol = factory.buildProtocol(None)
+    transport = LenientTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(wsframes.handshake(path))
+    return protocol, transport
+
+
+def test_with_no_listener_fire_returns_autobahns_result_without_a_new_deferred() -> None:
+    protocol, _ = _chat_connection("/ws/alice")
+    first, second = protocol.fire("message", b"x", is_binary=False), protocol.fire("message", b"y")
+    assert first is second
+    results: list[Any] = []
+    first.addCallback(results.append)
+    assert results == [[]]
+
+
+def test_a_message_listener_is_called_as_on_stock_autobahn() -> None:
+    protocol, _ = _chat_connection("/ws/alice")
+    heard: list[tuple[bytes, bool]] = []
+    protocol.on("message", lambda payload, is_binary: heard.append((payload, is_binary)))
+    protocol.dataReceived(wsframes.client_frame(b'{"msg": "hi"}'))
+    assert heard == [(b'{"msg": "hi"}', False)]

@@ -6,7 +6,9 @@ life cycle; ``options`` the URL, tunables and start-up probe;
 ``connection`` the reconnecting links (Twisted's ``ClientService``);
 ``client`` the RESP connection they run on (hiredis packs and parses);
 ``subscriptions`` and ``presence`` this node's channels and members;
-``wire`` the envelope encoding.
+``wire`` the envelope encoding. ``cluster`` (with ``slots``, ``shards``
+and ``sharded``) is the Redis Cluster backend, ``sentinel`` the Redis
+Sentinel one.
 
 It needs the ``improto[redis]`` extra (hiredis); importing this package
 without it fails with a one-line ``ModuleNotFoundError`` that says so.

@@ -42,6 +42,11 @@ nothing is stored or retried. improto adds:
   nothing waits for Redis to come back.
 * Presence of a node that dies without ``stop()`` stays visible for at
   most ``heartbeat_ttl`` (15 s by default).
+
+What pub/sub alone misses, history recovers: ``append`` stores every
+chat message in its stream and publishes it in one script
+(:mod:`improto.backends.redis.streams`), so a node that missed some
+fetches them by seq (``history``), and so does a client that resumes.
 """
 
 from __future__ import annotations
@@ -59,17 +64,21 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from improto.backends.interface import (
+    Appended,
     BackendHealth,
     BackendState,
     BackendUnavailable,
     Envelope,
     EnvelopeCallback,
+    HistoryPage,
     IBackend,
+    Retention,
 )
 from improto.backends.redis.client import RespConnection, RespStats, as_unavailable
 from improto.backends.redis.connection import RedisLink
 from improto.backends.redis.options import RedisAddress, RedisOptions, configure
 from improto.backends.redis.presence import NodePresence, PresenceStore
+from improto.backends.redis.streams import StreamStore
 from improto.backends.redis.subscriptions import Subscriptions
 from improto.backends.redis.wire import encode_envelope
 
@@ -108,6 +117,8 @@ class RedisBackend:
         self._subs = Subscriptions(prefix, self.node_id, self.stats)
         self._presence = NodePresence(PresenceStore(prefix, self.node_id, int(options.heartbeat_ttl * 1000)))
         self._channel_prefix = prefix
+        self._streams = StreamStore(prefix)
+        self.retention = Retention()
         self.command_link = self._link(
             "command", self._setup_commands, self.stats.commands, lambda conn: self._link_ready()
         )
@@ -138,7 +149,12 @@ class RedisBackend:
             on_retry_failed=self._retry_failed,
             on_message=on_message,
             select_db=on_message is None,
+            endpoint=self._endpoint(),
         )
+
+    def _endpoint(self) -> Any:
+        """Where the links connect; ``None`` is ``address``. The Sentinel backend asks Sentinel."""
+        return None
 
     @classmethod
     def from_url(cls, url: str, reactor: Any = None, prefix: str | None = None, **options: Any) -> RedisBackend:
@@ -283,6 +299,7 @@ class RedisBackend:
     async def _setup_commands(self, conn: RespConnection) -> None:
         store = self._presence.store
         await store.load_scripts(conn)
+        await self._streams.load_scripts(conn)
         await store.heartbeat(conn)
         await self._presence.reregister(conn)
 
@@ -315,6 +332,36 @@ class RedisBackend:
 
     def unsubscribe(self, channel: str) -> Deferred[None]:
         return self._subs.unsubscribe(self.subscriber_link.ready, channel)
+
+    # -- history (improto.backends.redis.streams) ---------------------------
+
+    def _on_commands(self, what: str, call: Callable[[RespConnection], Deferred[Any]]) -> Deferred[Any]:
+        try:
+            conn = self._command_connection(what)
+        except BackendUnavailable:
+            return fail()
+        return call(conn).addErrback(as_unavailable, what)
+
+    def append(
+        self, stream: str, channel: str, envelope: Envelope,
+        idempotency_key: str | None = None, idempotency_ttl: float = 0,
+    ) -> Deferred[Appended]:
+        self.stats.published += 1
+        channel_key = self._channel_prefix + channel.encode("utf-8")
+        return self._on_commands("append", lambda conn: self._streams.append(
+            conn, channel_key, stream, envelope, self.retention, idempotency_key, idempotency_ttl))
+
+    def history(
+        self, stream: str, after_seq: int, limit: int, before_seq: int | None = None
+    ) -> Deferred[HistoryPage]:
+        return self._on_commands("read history", lambda conn: self._streams.history(
+            conn, stream, after_seq, limit, before_seq, self.retention))
+
+    def mark_seen(self, user: str, cursor: int, ttl: float) -> Deferred[None]:
+        return self._on_commands("mark seen", lambda conn: self._streams.mark_seen(conn, user, cursor, ttl))
+
+    def last_seen(self, user: str) -> Deferred[int | None]:
+        return self._on_commands("read last seen", lambda conn: self._streams.last_seen(conn, user))
 
     # -- presence ---------------------------------------------------------
 

@@ -102,6 +102,10 @@ class RedisLink:
     its set-up, ``on_lost(reason)`` when a ready connection goes, and
     ``on_retry_failed(reason)`` when a reconnect attempt fails; none of
     them fires before :meth:`start` has fired.
+
+    ``protocol`` and ``endpoint`` let the Cluster and Sentinel backends
+    bring their own connection class (sharded pushes) and their own way
+    of finding the server (ask Sentinel first).
     """
 
     def __init__(
@@ -119,6 +123,8 @@ class RedisLink:
         on_retry_failed: Callable[[str], None],
         on_message: MessageHandler | None = None,
         select_db: bool = True,
+        protocol: type[RespConnection] = RespConnection,
+        endpoint: IStreamClientEndpoint | None = None,
     ) -> None:
         self.name = name
         self._select_db = select_db
@@ -138,7 +144,7 @@ class RedisLink:
         self._closed = False
         factory = Factory.forProtocol(
             functools.partial(  # type: ignore[arg-type]
-                RespConnection,
+                protocol,
                 reactor,
                 timeout=options.command_timeout,
                 stats=stats,
@@ -148,7 +154,8 @@ class RedisLink:
         )
         # One "Starting factory" line per reconnect attempt is noise.
         factory.noisy = False
-        endpoint = HostnameEndpoint(reactor, address.host, address.port, timeout=options.connect_timeout)
+        if endpoint is None:
+            endpoint = HostnameEndpoint(reactor, address.host, address.port, timeout=options.connect_timeout)
         self._backoff = backoffPolicy(
             options.reconnect_initial_delay, options.reconnect_max_delay, factor=2.0, jitter=lambda: 0.0
         )

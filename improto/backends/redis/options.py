@@ -106,9 +106,13 @@ def parse_redis_url(url: str) -> tuple[RedisAddress, dict[str, Any]]:
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password is not None else None,
     )
+    return address, _query_options(parts.query, shown)
+
+
+def _query_options(query: str, shown: str) -> dict[str, Any]:
     options: dict[str, Any] = {}
     known = {a.name for a in attrs.fields(RedisOptions)}
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+    for name, value in parse_qsl(query, keep_blank_values=True):
         if name not in known:
             raise ValueError(f"bad Redis URL {shown!r}: unknown option {name!r}")
         if name in _FLOAT_OPTIONS:
@@ -120,7 +124,71 @@ def parse_redis_url(url: str) -> tuple[RedisAddress, dict[str, Any]]:
             options[name] = value.lower() not in ("0", "false", "no", "off")
         else:
             options[name] = value
-    return address, options
+    return options
+
+
+def parse_hosts_url(url: str, scheme: str) -> tuple[list[tuple[str, int]], RedisAddress, list[str], dict[str, Any]]:
+    """
+    Split ``SCHEME://[[user]:password@]host[:port][,host[:port]...][/path...][?options]``:
+    the hosts (port 6379 by default), the credentials (in a
+    :class:`RedisAddress` whose host is the first one), the path's
+    segments and the options. For ``redis-cluster://`` and ``redis-sentinel://``.
+    """
+    head, sep, rest = url.partition("://")
+    if not sep or head != scheme:
+        raise ValueError(f"bad Redis URL {url!r}: scheme must be {scheme}://")
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    shown = _redact(url, userinfo.partition(":")[2] if at else None)
+    addresses: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?|([^:\[\]]+)(?::(\d+))?", item)
+        if match is None:
+            raise ValueError(f"bad Redis URL {shown!r}: {item!r} is not host[:port]")
+        host = match.group(1) or match.group(3)
+        port = int(match.group(2) or match.group(4) or 6379)
+        if not 0 < port < 65536:
+            raise ValueError(f"bad Redis URL {shown!r}: port must be an integer in 1-65535")
+        addresses.append((unquote(host), port))
+    address = RedisAddress(addresses[0][0], addresses[0][1], 0, username, password)
+    segments = [unquote(p) for p in path.split("/") if p]
+    return addresses, address, segments, _query_options(query, shown)
+
+
+def configure_cluster(url: str, **options: Any) -> tuple[list[tuple[str, int]], RedisAddress, RedisOptions]:
+    """``redis-cluster://[[user]:password@]host:port[,host:port...][/][?options]``: seeds, credentials, options."""
+    seeds, address, segments, from_query = parse_hosts_url(url, "redis-cluster")
+    if segments not in ([], ["0"]):
+        raise ValueError(f"bad Redis URL {_redact(url, address.password)!r}: Redis Cluster has only database 0")
+    return seeds, address, _options({**from_query, **options})
+
+
+def configure_sentinel(url: str, **options: Any) -> tuple[list[tuple[str, int]], str, RedisAddress, RedisOptions]:
+    """
+    ``redis-sentinel://[[user]:password@]host:port[,host:port...]/MASTER[/DB][?options]``:
+    the sentinels, the master's name, the master's credentials and db, the options.
+    """
+    sentinels, address, segments, from_query = parse_hosts_url(url, "redis-sentinel")
+    shown = _redact(url, address.password)
+    if not 1 <= len(segments) <= 2:
+        raise ValueError(f"bad Redis URL {shown!r}: expected /MASTERNAME or /MASTERNAME/DB after the sentinels")
+    if len(segments) == 2 and not segments[1].isdigit():
+        raise ValueError(f"bad Redis URL {shown!r}: database must be a non-negative integer")
+    db = int(segments[1]) if len(segments) == 2 else 0
+    return sentinels, segments[0], attrs.evolve(address, db=db), _options({**from_query, **options})
+
+
+def _options(merged: dict[str, Any]) -> RedisOptions:
+    try:
+        return RedisOptions(**{k: v for k, v in merged.items() if v is not None})
+    except TypeError as e:
+        raise ValueError(f"bad Redis backend option: {e}") from None
 
 
 def configure(url: str, **options: Any) -> tuple[RedisAddress, RedisOptions]:

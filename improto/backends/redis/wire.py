@@ -13,16 +13,31 @@ Flags: bit 0 ``binary``, bit 1 ``exclude_session`` present (an empty
 exclude and no exclude differ). A node that meets a version it does not
 know drops the message: during a rolling upgrade, new nodes must keep
 writing the old version until every node reads the new one.
+
+Version 2 is an envelope with a history position (``stream``/``seq``,
+written by the append script of :mod:`improto.backends.redis.streams`)::
+
+    u8 2 | u8 flags | u8 audience | u16 len(origin_node) | u16 len(origin_session)
+    | u16 len(exclude_session) | u16 len(stream) | origin_node | origin_session
+    | exclude_session | stream | u8 len(seq) | seq (ASCII decimal) | data...
+
+Everything up to ``stream`` is :func:`encode_head`; the script, which
+alone knows the seq, appends ``len(seq) | seq | data``. Version 1 is still
+written for envelopes without a position.
 """
 
 from __future__ import annotations
 
 import struct
 
+import attrs
+
 from improto.backends.interface import Audience, Envelope
 
 VERSION = 1
+VERSION_POSITIONED = 2
 _HEADER = struct.Struct("!BBBHHH")
+_STREAM_LEN = struct.Struct("!H")
 _BINARY = 0x01
 _HAS_EXCLUDE = 0x02
 _AUDIENCE_CODES = {Audience.ALL: 0, Audience.NATIVE: 1}
@@ -58,10 +73,22 @@ def encode_envelope(envelope: Envelope) -> bytes:
     return b"".join((header, node, session, exclude, envelope.data))
 
 
+def encode_head(envelope: Envelope, stream: str) -> bytes:
+    """A version-2 envelope up to its seq: what the append script completes."""
+    v1 = encode_envelope(attrs.evolve(envelope, data=b""))
+    encoded = stream.encode("utf-8")
+    return b"".join((
+        bytes([VERSION_POSITIONED]), v1[1:_HEADER.size], _STREAM_LEN.pack(len(encoded)),
+        v1[_HEADER.size:], encoded,
+    ))
+
+
 def decode_envelope(payload: bytes) -> Envelope:
     if len(payload) < _HEADER.size:
         raise WireError("shorter than the envelope header")
     version, flags, audience_code, node_len, session_len, exclude_len = _HEADER.unpack_from(payload)
+    if version == VERSION_POSITIONED:
+        return _decode_positioned(payload)
     if version != VERSION:
         raise WireError(f"unsupported envelope version {version}")
     audience = _AUDIENCES.get(audience_code)
@@ -87,3 +114,29 @@ def decode_envelope(payload: bytes) -> Envelope:
         audience=audience,
         exclude_session=exclude if flags & _HAS_EXCLUDE else None,
     )
+
+
+def _decode_positioned(payload: bytes) -> Envelope:
+    """Version 2: drop the stream length and the position, decode as version 1."""
+    end = _HEADER.size + _STREAM_LEN.size
+    if len(payload) < end:
+        raise WireError("shorter than the envelope header")
+    (stream_len,) = _STREAM_LEN.unpack_from(payload, _HEADER.size)
+    _, _, _, node_len, session_len, exclude_len = _HEADER.unpack_from(payload)
+    strings = end + node_len + session_len + exclude_len
+    seq_at = strings + stream_len
+    if len(payload) < seq_at + 1:
+        raise WireError("truncated envelope header strings")
+    seq_len = payload[seq_at]
+    raw_seq = payload[seq_at + 1 : seq_at + 1 + seq_len]
+    if len(raw_seq) != seq_len or not raw_seq.isdigit():
+        raise WireError("bad envelope seq")
+    try:
+        stream = payload[strings:seq_at].decode("utf-8")
+    except UnicodeDecodeError:
+        raise WireError("envelope header strings are not UTF-8") from None
+    v1 = b"".join((
+        bytes([VERSION]), payload[1:_HEADER.size], payload[end:strings],
+        payload[seq_at + 1 + seq_len :],
+    ))
+    return attrs.evolve(decode_envelope(v1), stream=stream, seq=int(raw_seq))
