@@ -7,11 +7,12 @@ cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# The real parts the tests drive: Chromium, redis-server, debootstrap (for wstest),
+# The real parts the tests drive: Chromium, redis-server and redis-cli, debootstrap (for wstest),
 # gcc (builds the benchmarks' load generator, benchmarks/loadgen_c, for the smoke test).
 missing=()
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v redis-cli >/dev/null || missing+=(redis-tools)   # redis-cli --cluster create
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 command -v gcc >/dev/null || missing+=(gcc libc6-dev)
 if [ ${#missing[@]} -gt 0 ]; then

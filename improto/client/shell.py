@@ -84,7 +84,7 @@ class Shell:
     async def _one_connection(self) -> tuple[int | None, str, bool]:
         try:
             ws = await connect(
-                self.url, subprotocols=self.subprotocols,  # type: ignore[arg-type]
+                self.state.url(self.url), subprotocols=self.subprotocols,  # type: ignore[arg-type]
                 proxy=None, open_timeout=10, max_size=None,
             )
         except InvalidStatus as e:

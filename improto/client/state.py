@@ -6,7 +6,8 @@ prompt; the tests feed it directly.
 Requests carry ids; a message stays *pending* (in the toolbar) until its
 ack, and only then enters the scrollback, so what the scrollback shows as
 sent was taken by the server. An error for the id marks it failed; a
-connection lost before either marks it unconfirmed.
+connection lost before either resends it, under the same id, after the
+reconnect (the server deduplicates by id).
 """
 
 from __future__ import annotations
@@ -76,10 +77,17 @@ class ChatState:
     welcomed: bool = False
     retry_at: float | None = None
     closed_because: str = ""
-    _resend: list[Frame] = attrs.Factory(list)
     _ids: itertools.count[int] = attrs.Factory(lambda: itertools.count(1))
 
+    def __attrs_post_init__(self) -> None:
+        self.resume.clock = self.clock
+        self.resume.user = self.user
+
     # --- the connection -------------------------------------------------
+
+    def url(self, base: str) -> str:
+        """Where the next attempt dials: ``base`` plus the resume of what was seen."""
+        return self.resume.url(base)
 
     def connecting(self) -> Effects:
         self.status = Status.CONNECTING
@@ -91,13 +99,15 @@ class ChatState:
     def on_closed(self, code: int | None, reason: str, final: bool = False) -> Effects:
         """The connection ended (``code`` None: it never opened)."""
         lines = []
-        lost = []
-        for pending in self.pending.values():
-            if pending.request["type"] in ("send", "private") and not pending.quiet:
-                lost.append(pending.request)
+        lost = {
+            key: pending for key, pending in self.pending.items()
+            if pending.request["type"] in ("send", "private") and not pending.quiet
+        }
+        resend = {request["id"] for request in self.resume.on_lost([p.request for p in lost.values()])}
+        self.pending = {key: pending for key, pending in lost.items() if key in resend}
+        for key, pending in lost.items():
+            if key not in resend:
                 lines.append(self._sent_line(pending, note="? not confirmed: the connection was lost"))
-        self.pending.clear()
-        self._resend = self.resume.on_lost(lost)
         if code is None:
             what = reason
         else:
@@ -126,7 +136,9 @@ class ChatState:
             frame = None
         if not isinstance(frame, dict):
             return Effects([self._error(f"the server sent a frame that is not a JSON object: {text[:60]}")])
-        self.resume.on_frame(frame)
+        handled = self.resume.on_frame(frame)
+        if handled is not None:  # a duplicate, a gap, the end of a resume
+            return Effects(handled)
         kind = str(frame.get("type"))
         if kind in display.SHOWN:
             return Effects([display.SHOWN[kind](frame, self.user, self.clock())])
@@ -135,7 +147,7 @@ class ChatState:
             "who": self._who,
         }.get(kind)
         if handler is None:
-            return Effects(self.resume.on_unknown(frame) or [])
+            return Effects()
         return handler(frame)
 
     def _welcome(self, frame: Frame) -> Effects:
@@ -161,13 +173,15 @@ class ChatState:
         frames += [
             self._request({"type": "leave", "group": g}, quiet=True) for g in there if g not in wanted
         ]
-        for request in self._resend:  # what the resume hook chose to send again
-            self.pending[request["id"]] = Pending(request, self.clock())
-            frames.append(request)
-        self._resend = []
+        # Unconfirmed sends kept from the lost connection go again, under their ids.
+        resent = [p.request for p in self.pending.values() if not p.quiet and p.request.get("id")
+                  and p.request["type"] in ("send", "private")]
+        frames += resent
         text = f"reconnected as {self.user}"
         if rejoin:
             text += f"; re-joining {', '.join(rejoin)}"
+        if resent:
+            text += f"; resending {len(resent)} unconfirmed"
         return Effects([self._info(text)], frames)
 
     def _ack(self, frame: Frame) -> Effects:
@@ -177,11 +191,16 @@ class ChatState:
         request = pending.request
         match request["type"]:
             case "send" | "private":
-                return Effects([self._sent_line(pending)])
+                note = ""
+                if request["type"] == "private":
+                    self.resume.note_private(request["to"], request["msg"])
+                    if frame.get("status") == "stored":
+                        note = f"✓ stored for {request['to']} (offline)"
+                return Effects([self._sent_line(pending, note=note)])
             case "join":
                 self.groups[request["group"]] = None
-                if pending.quiet:
-                    return Effects()
+                if pending.quiet:  # a re-join: catch up on what it said meanwhile
+                    return Effects(frames=self.resume.on_joined(request["group"]))
                 self.current = request["group"]
                 return Effects([self._info(f"joined {request['group']}; now talking in it")])
             case "leave":

@@ -127,6 +127,9 @@ class Resumer:
                 reached[name] = await self._one(session, name, position, request_id)
             except ProtocolError as e:
                 replay.resumed.discard(name)  # a refused resume may be retried
+                # Nothing was replayed: no floor, or live messages at or below the
+                # refused position (a stream that numbers afresh) would be dropped.
+                reached[name] = 0
                 self._replies.refuse(session, e)
             except Exception:
                 self._replies.failed(Failure(), session, request_id)

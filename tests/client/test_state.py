@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from improto.client.backoff import Backoff
-from improto.client.resume import Resume
 from improto.client.state import ChatState, Effects, Status
 
 AT = datetime(2026, 12, 2, 9, 5)
@@ -167,16 +166,18 @@ def test_a_lost_connection_backs_off_and_rejoins_on_reconnect(state: ChatState) 
     [leave] = state.on_input("/leave lobby").frames
     state.on_frame(frame(type="ack", id=leave["id"]))
     state.on_input("/to dev")
-    state.on_input("lost in transit")
+    [sent] = state.on_input("lost in transit").frames
 
     closed = state.on_closed(1001, "server is shutting down")
     assert closed.retry_in == 0.25
     assert texts(closed) == [
-        "09:05 [dev] alice: lost in transit ? not confirmed: the connection was lost",
         "09:05 -- disconnected (close 1001, server is shutting down); retrying in 0.2 s (attempt 1)",
     ]
-    assert state.status is Status.WAITING and state.pending == {}
-    assert state.toolbar().startswith("offline: retry 1 in 0 s")
+    # The unconfirmed message stays pending, to go again after the reconnect.
+    assert state.status is Status.WAITING and [p.request["msg"] for p in state.pending.values()] == [
+        "lost in transit"
+    ]
+    assert state.toolbar() == "offline: retry 1 in 0 s | 1 pending: lost in transit"
     assert state.on_input("/who").frames == []
 
     state.connecting()
@@ -188,10 +189,15 @@ def test_a_lost_connection_backs_off_and_rejoins_on_reconnect(state: ChatState) 
 
     state.connecting()
     back = state.on_frame(welcome(groups=("lobby",)))
-    assert texts(back) == ["09:05 -- reconnected as alice; re-joining dev, ops"]
+    assert texts(back) == ["09:05 -- reconnected as alice; re-joining dev, ops; resending 1 unconfirmed"]
     assert [(f["type"], f["group"]) for f in back.frames] == [
-        ("join", "dev"), ("join", "ops"), ("leave", "lobby"),
+        ("join", "dev"), ("join", "ops"), ("leave", "lobby"), ("send", "dev"),
     ]
+    resent = back.frames[-1]
+    assert resent == sent  # the same frame, the same id: the server deduplicates by it
+    assert state.on_frame(frame(type="ack", id=resent["id"], stream="group:dev", seq=1,
+                                status="delivered")).lines[0].plain() == "09:05 [dev] alice: lost in transit"
+    back.frames.pop()
     assert state.backoff.attempt == 0  # a welcome resets the backoff
     # The re-joins are quiet: no "joined" lines, no switch of the current group.
     for request in back.frames:
@@ -226,39 +232,6 @@ def test_a_final_handshake_refusal(state: ChatState) -> None:
     closed = state.on_closed(None, "HTTP 401 Unauthorized", final=True)
     assert closed.retry_in is None
     assert texts(closed) == ["09:05 !! connection refused for good (HTTP 401 Unauthorized); not retrying"]
-
-
-def test_the_resume_hook_is_called_and_may_resend() -> None:
-    class Recording(Resume):
-        def __init__(self) -> None:
-            self.seen: list[str] = []
-            self.welcomes: list[bool] = []
-
-        def on_frame(self, frame: dict[str, Any]) -> None:
-            self.seen.append(frame["type"])
-
-        def on_welcome(self, welcome: dict[str, Any], reconnect: bool) -> list[dict[str, Any]]:
-            self.welcomes.append(reconnect)
-            return [{"type": "resume", "since": len(self.seen)}] if reconnect else []
-
-        def on_unknown(self, frame: dict[str, Any]) -> list[Any] | None:
-            return []
-
-        def on_lost(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
-            return requests
-
-    hook = Recording()
-    state = new_state(resume=hook)
-    state.on_frame(welcome())
-    [request] = state.on_input("resend me").frames
-    state.on_frame(frame(type="history", messages=[]))
-    state.on_closed(1006, "")
-    back = state.on_frame(welcome())
-    assert hook.welcomes == [False, True] and hook.seen == ["welcome", "history", "welcome"]
-    assert back.frames == [{"type": "resume", "since": 3}, request]
-    assert texts(state.on_frame(frame(type="ack", id=request["id"]))) == [
-        "09:05 [lobby] alice: resend me"
-    ]
 
 
 def test_the_toolbar_fits_the_terminal(state: ChatState) -> None:

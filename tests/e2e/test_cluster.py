@@ -110,8 +110,15 @@ def test_native_presence_join_leave_and_who_across_nodes(cluster, request: pytes
         nat.send(json.dumps({"type": "join", "group": "dev", "id": "j"}))
         assert recv_kind(nat, "ack") == {"type": "ack", "id": "j"}
         with connect(f"{two.ws}/ws/max", subprotocols=NATIVE) as mx:
-            assert recv_kind(nat, "presence") == {"type": "presence", "event": "online", "user": "max"}
-            assert recv_kind(nat, "presence")["event"] == "join"  # max joined lobby
+            arrived = [recv_kind(nat, "presence"), recv_kind(nat, "presence")]
+            if request.node.callspec.params["cluster"] == "redis-cluster":
+                # The "online" and "lobby" presence sets live on two shards:
+                # their answers, and so the two announcements, may cross.
+                arrived.sort(key=lambda f: f["event"] != "online")
+            assert arrived == [
+                {"type": "presence", "event": "online", "user": "max"},
+                {"type": "presence", "event": "join", "user": "max", "group": "lobby"},
+            ]
             mx.send(json.dumps({"type": "join", "group": "dev", "id": "1"}))
             assert recv_kind(mx, "ack")["id"] == "1"
             assert recv_kind(nat, "presence") == {"type": "presence", "event": "join", "user": "max", "group": "dev"}
