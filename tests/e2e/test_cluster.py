@@ -21,6 +21,7 @@ import pytest
 from websockets.sync.client import connect
 
 from tests.serverproc import ServerProcess, start_server
+from tests.wsclient import assert_next_is_marker
 
 TIMEOUT = 5
 NATIVE = ["improto.v1"]
@@ -42,11 +43,6 @@ def recv_kind(ws, kind: str, timeout: float = TIMEOUT) -> dict:
         frame = recv_json(ws, max(0.01, deadline - time.monotonic()))
         if frame["type"] == kind:
             return frame
-
-
-def assert_silent(ws, timeout: float = 0.4) -> None:
-    with pytest.raises(TimeoutError):
-        ws.recv(timeout=timeout)
 
 
 def health(node: ServerProcess) -> dict:
@@ -87,20 +83,27 @@ def test_group_and_private_messages_cross_nodes_exactly(cluster) -> None:
         for ws in (alice_phone, bob, xiaoer):
             got = recv_json(ws)
             assert (got["type"], got["sender"], got["msg"]) == ("message", "alice", "hi all")
-        assert_silent(alice)
+        # Barriers, not waits: a marker on the same channel comes after
+        # anything that must not have arrived.
+        bob.send(json.dumps({"username": "bob", "msg": "marker-a"}))
+        assert_next_is_marker(alice, "marker-a")
+        for ws in (alice_phone, xiaoer):
+            assert_next_is_marker(ws, "marker-a")
 
         xiaoer.send(json.dumps({"to_user": "alice", "msg": "私聊"}))
         for ws in (alice, alice_phone):
             got = recv_json(ws)
             assert (got["type"], got["from_user"], got["msg"]) == ("private", "小二", "私聊")
-        assert_silent(bob)
-        assert_silent(xiaoer)
+        alice.send(json.dumps({"username": "alice", "msg": "marker-b"}))
+        for ws in (bob, xiaoer, alice_phone):
+            assert_next_is_marker(ws, "marker-b")
 
         bob.send(json.dumps({"to_user": "nobody", "msg": "?"}))
         error = recv_json(bob)
         assert error["code"] == "unknown_user"
+        bob.send(json.dumps({"username": "bob", "msg": "marker-c"}))
         for ws in (alice, alice_phone, xiaoer):
-            assert_silent(ws, 0.1)
+            assert_next_is_marker(ws, "marker-c")
 
 
 def test_native_presence_join_leave_and_who_across_nodes(cluster, request: pytest.FixtureRequest) -> None:
@@ -126,15 +129,26 @@ def test_native_presence_join_leave_and_who_across_nodes(cluster, request: pytes
                 recv_json(max_laptop)
                 max_laptop.send(json.dumps({"type": "join", "group": "dev", "id": "2"}))
                 assert recv_kind(max_laptop, "ack")["id"] == "2"
-                # Already in dev on another node: no second announcement.
-                assert_silent(nat)
+                # Already in dev on another node: no second announcement, which
+                # would come on dev's channel before this marker.
+                mx.send(json.dumps({"type": "send", "group": "dev", "msg": "marker-1", "id": "m1"}))
+                assert_next_is_marker(nat, "marker-1")
+                assert recv_kind(mx, "ack")["id"] == "m1"
+                assert recv_kind(max_laptop, "message")["msg"] == "marker-1"
                 assert who(nat, "dev") == ["max", "nat"]
                 mx.send(json.dumps({"type": "send", "group": "dev", "msg": "ship it", "id": "3"}))
                 assert recv_kind(mx, "ack")["id"] == "3"
                 assert recv_kind(nat, "message")["msg"] == "ship it"
                 assert recv_kind(max_laptop, "message")["msg"] == "ship it"
-            # max is still in dev through his first connection.
-            assert_silent(nat)
+            # max is still in dev through his first connection: once node three
+            # has let the laptop go, a marker on dev's channel comes next.
+            deadline = time.monotonic() + TIMEOUT
+            while health(three)["router"]["sessions"]:
+                assert time.monotonic() < deadline, "node three kept the closed session"
+                time.sleep(0.05)
+            mx.send(json.dumps({"type": "send", "group": "dev", "msg": "marker-2", "id": "m2"}))
+            assert_next_is_marker(nat, "marker-2")
+            assert recv_kind(mx, "ack")["id"] == "m2"
             mx.send(json.dumps({"type": "leave", "group": "dev", "id": "4"}))
             assert recv_kind(nat, "presence") == {"type": "presence", "event": "leave", "user": "max", "group": "dev"}
             assert who(nat, "dev") == ["nat"]
