@@ -90,6 +90,25 @@ def redis_nodes(redis_url: str, redis_prefix: str):
 
 
 @pytest.fixture
+def cluster_nodes():
+    """Cluster backends made by a test, each stopped afterwards."""
+    from improto.backends.redis.cluster import ClusterBackend
+
+    made: list[Any] = []
+    prefix = f"improto-test:{uuid.uuid4().hex[:10]}:"
+
+    def make(url: str, node_id: str, **options: Any) -> Any:
+        options.setdefault("reconnect_max_delay", 0.3)
+        made.append(ClusterBackend.from_url(url, reactor=reactor, prefix=prefix, node_id=node_id, **options))
+        return made[-1]
+
+    yield make
+    for node in made:
+        if node.health().state is not BackendState.STOPPED:
+            pytest_twisted.blockon(node.stop())
+
+
+@pytest.fixture
 def log_events():
     """Events logged by the Redis backend's modules."""
     events: list[dict[str, Any]] = []

@@ -10,35 +10,17 @@ from __future__ import annotations
 
 import collections
 import uuid
-from typing import Any
 
 import pytest
 import pytest_twisted
 import redis
 from twisted.internet import reactor
 
-from improto.backends.interface import BackendState, BackendUnavailable
-from improto.backends.redis.cluster import ClusterBackend
+from improto.backends.interface import BackendUnavailable
 from improto.backends.redis.options import configure_cluster
 from improto.backends.redis.sharded import channel_key
 from improto.backends.redis.slots import SlotMap, crc16, key_slot
 from tests.backends.support import Inbox, envelope, eventually, sleep
-
-
-@pytest.fixture
-def cluster_nodes():
-    made: list[ClusterBackend] = []
-    prefix = f"improto-test:{uuid.uuid4().hex[:10]}:"
-
-    def make(url: str, node_id: str, **options: Any) -> ClusterBackend:
-        options.setdefault("reconnect_max_delay", 0.3)
-        made.append(ClusterBackend.from_url(url, reactor=reactor, prefix=prefix, node_id=node_id, **options))
-        return made[-1]
-
-    yield make
-    for node in made:
-        if node.health().state is not BackendState.STOPPED:
-            pytest_twisted.blockon(node.stop())
 
 
 def test_key_slots_match_redis() -> None:

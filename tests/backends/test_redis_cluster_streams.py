@@ -10,33 +10,14 @@ from __future__ import annotations
 
 import collections
 import uuid
-from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
 
-from improto.backends.interface import BackendState
 from improto.backends.redis.cluster import ClusterBackend
 from improto.backends.redis.sharded import channel_key
 from improto.backends.redis.slots import key_slot
 from tests.backends.support import Inbox, envelope, eventually
-
-
-@pytest.fixture
-def cluster_nodes():
-    made: list[ClusterBackend] = []
-    prefix = f"improto-test:{uuid.uuid4().hex[:10]}:"
-
-    def make(url: str, node_id: str, **options: Any) -> ClusterBackend:
-        options.setdefault("reconnect_max_delay", 0.3)
-        made.append(ClusterBackend.from_url(url, reactor=reactor, prefix=prefix, node_id=node_id, **options))
-        return made[-1]
-
-    yield make
-    for node in made:
-        if node.health().state is not BackendState.STOPPED:
-            pytest_twisted.blockon(node.stop())
 
 
 def test_a_stream_and_its_channel_share_a_slot() -> None:
