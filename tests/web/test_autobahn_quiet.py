@@ -218,18 +218,7 @@ def autobahn_send_data_calls(debug: bool) -> tuple[int, bytes, int]:
     connection, and what was written and counted."""
     from autobahn.websocket.protocol import WebSocketProtocol
 
-    from improto.backends.memory import MemoryBackend
-    from improto.router import Router
-    from improto.settings import Settings
-    from improto.web.chat import ChatServerFactory
-
-    backend = MemoryBackend()
-    backend.start()
-    factory = ChatServerFactory(Router(backend), Settings(), MemoryReactorClock())
-    protocol = factory.buildProtocol(None)
-    transport = LenientTransport()
-    protocol.makeConnection(transport)
-    protocol.dataReceived(wsframes.handshake("/ws/alice"))
+    protocol, transport = _chat_connection("/ws/alice")
     transport.clear()
     counted = protocol.trafficStats.outgoingOctetsWireLevel
     calls = []

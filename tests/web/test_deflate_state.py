@@ -11,22 +11,13 @@ import json
 import zlib
 
 import pytest
-from twisted.internet.testing import MemoryReactorClock
 
-from improto.backends.memory import MemoryBackend
-from improto.router import Router, RouterLimits
-from improto.settings import Settings
 from improto.web import framing
-from improto.web.chat import ChatServerFactory
+from tests.web import test_websocket
 from tests.web.test_websocket import DEFLATE, NATIVE, Client
 
-
-@pytest.fixture
-def factory():
-    backend = MemoryBackend()
-    backend.start()
-    router = Router(backend, limits=RouterLimits(max_message_size=1000))
-    return ChatServerFactory(router, Settings(), MemoryReactorClock())
+#: The chat factory fixture of the WebSocket tests, made this module's own.
+factory = test_websocket.factory
 
 
 @pytest.fixture
