@@ -1,8 +1,9 @@
 """
 ``twistd improto``: command-line options and the service they describe.
 
-This is the only module that touches the global reactor, and only inside
-:func:`makeService`, after twistd has installed the reactor it was asked for.
+It takes the global reactor only inside :func:`makeService`, after twistd
+has installed the reactor it was asked for (the other place that does is a
+worker process's entry point, :mod:`improto.workers`).
 
 Every option is checked in ``postOptions`` and a bad one ends twistd with
 one line on stderr (:func:`_fail`): twistd would print its whole usage

@@ -42,6 +42,14 @@ class MemoryStreams:
     #: The age of the last store, for the sweep of idle streams.
     _age: float = Retention().age
 
+    def sizes(self) -> dict[str, int]:
+        """What history holds now (read by the metrics at scrape time)."""
+        return {
+            "streams": len(self.streams),
+            "messages": sum(len(state.entries) for state in self.streams.values()),
+            "inbox_users": len(self.seen),
+        }
+
     def duplicate(self, key: str | None) -> Appended | None:
         if key is None:
             return None

@@ -180,6 +180,30 @@ class _RouterState(Collector):
                                 "Backend channels this node's router holds.",
                                 value=router.channels_held)
         yield from _redis_state(backend)
+        yield from _history_state(backend)
+
+
+def _history_state(backend: Any) -> Iterator[Any]:
+    """
+    History and inbox sizes, where this process holds them (the in-memory
+    backend). On Redis they live in Redis (keys ``<prefix>{<stream>}:log``
+    and ``:seen``); counting them would mean a SCAN per scrape, so a Redis
+    exporter is the place to watch them.
+    """
+    streams = getattr(getattr(backend, "hub", None), "streams", None)
+    sizes = getattr(streams, "sizes", None)
+    if sizes is None:
+        return
+    now = sizes()
+    yield GaugeMetricFamily("improto_history_streams",
+                            "Streams (groups and users) with history in this process.",
+                            value=now["streams"])
+    yield GaugeMetricFamily("improto_history_messages",
+                            "Messages held in history, all streams together.",
+                            value=now["messages"])
+    yield GaugeMetricFamily("improto_inbox_users",
+                            "Users whose inbox cursor is kept (seen within --inbox-ttl).",
+                            value=now["inbox_users"])
 
 
 def _redis_state(backend: Any) -> Iterator[Any]:

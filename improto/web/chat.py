@@ -105,7 +105,9 @@ class ChatServerProtocol(LinkProtocol):
         # Room for a frame a little over the limit, so the client gets a
         # readable too_large error instead of a dropped connection.
         self.maxMessagePayloadSize = self.factory.router.limits.max_message_size * 4
-        self.perMessageCompressionAccept = accept_shareable(self.maxMessagePayloadSize)
+        self.perMessageCompressionAccept = accept_shareable(
+            self.maxMessagePayloadSize, request.headers.get("sec-websocket-extensions")
+        )
         if codec.NATIVE_SUBPROTOCOL in request.protocols:
             self._native = True
             return codec.NATIVE_SUBPROTOCOL

@@ -33,7 +33,9 @@ class FeedServerProtocol(LinkProtocol):
     def onConnect(self, request: ConnectionRequest) -> None:
         self.factory.admit(self, request)  # origin and connections per address
         self.maxMessagePayloadSize = self.factory.router.limits.max_message_size
-        self.perMessageCompressionAccept = accept_shareable(self.maxMessagePayloadSize)
+        self.perMessageCompressionAccept = accept_shareable(
+            self.maxMessagePayloadSize, request.headers.get("sec-websocket-extensions")
+        )
 
     def open_session(self, router: Router) -> Session | None:
         return router.connect_listener(self, self.factory.group)

@@ -14,6 +14,16 @@ bytes to be valid on every connection, every compressed frame we send must
 be compressed without context, so chat routes insist on
 ``server_no_context_takeover`` (RFC 7692 section 7.1.1.1).
 
+Context-free, every frame we send, shared or not, goes through one
+long-lived compressor per (window bits, mem level) that ends each message
+with ``Z_FULL_FLUSH``: that flush also forgets the context (zlib clears
+its match history), so each message still inflates on its own. Autobahn's
+``PerMessageDeflate`` would instead create a fresh ``compressobj`` for
+every message to every connection (about 260 KiB of zlib state at window
+bits 15 / mem level 8) and keep the last one alive for the connection's
+life; with connections churning, that much allocation turnover left glibc's
+heap fragmented and RSS rising for minutes (``benchmarks/deflate_rss.py``).
+
 Every client frame is masked (RFC 6455 section 5.3), and Autobahn unmasks
 each with a masker from ``create_xor_masker(mask, length)``. With its native
 (NVX, cffi) extension built, that masker costs ~10 µs to set up and apply
@@ -34,7 +44,11 @@ from collections.abc import Callable
 from typing import Any
 
 import autobahn.websocket.xormasker
-from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
+from autobahn.websocket.compress import (
+    PerMessageDeflate,
+    PerMessageDeflateOffer,
+    PerMessageDeflateOfferAccept,
+)
 
 #: Largest frame payload unmasked by :class:`IntXorMasker`; Autobahn's native
 #: masker is faster from a few KiB on.
@@ -93,12 +107,57 @@ def compressed_frame(payload: bytes, binary: bool) -> bytes:
     return header + payload
 
 
+#: The one compressor per (window bits, mem level); see the module docstring.
+_compressors: dict[tuple[int, int], Any] = {}
+
+
 def deflate(payload: bytes, window_bits: int, mem_level: int) -> bytes:
-    """Compress a whole message without context, as RFC 7692 section 7.2.1."""
-    compressor = zlib.compressobj(
-        zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -window_bits, mem_level
-    )
-    return (compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    """
+    Compress a whole message without context, as RFC 7692 section 7.2.1.
+    ``Z_FULL_FLUSH`` ends the message with the same empty stored block as
+    ``Z_SYNC_FLUSH`` (stripped, section 7.2.1) and resets the history, so
+    the shared compressor starts the next message with no context.
+    """
+    key = (window_bits, mem_level)
+    compressor = _compressors.get(key)
+    if compressor is None:
+        compressor = _compressors[key] = zlib.compressobj(
+            zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -window_bits, mem_level
+        )
+    return (compressor.compress(payload) + compressor.flush(zlib.Z_FULL_FLUSH))[:-4]
+
+
+class ContextFreeDeflate(PerMessageDeflate):  # type: ignore[misc]
+    """
+    Autobahn's permessage-deflate for a connection that promised
+    ``server_no_context_takeover``, with every outgoing message compressed
+    by :func:`deflate` (no zlib state of its own for sending). A message is
+    collected and compressed at its end, so messages being sent on several
+    connections at once (Autobahn's streaming API) never mix in the shared
+    compressor. Receiving is Autobahn's, unchanged.
+    """
+
+    _outgoing: list[bytes]
+
+    @classmethod
+    def replacing(cls, pmce: PerMessageDeflate) -> ContextFreeDeflate:
+        """The same negotiated terms (and inflate state) as ``pmce``."""
+        new: ContextFreeDeflate = cls.__new__(cls)
+        new.__dict__.update(pmce.__dict__)
+        new._compressor = None
+        new._outgoing = []
+        return new
+
+    def start_compress_message(self) -> None:
+        self._outgoing = []
+
+    def compress_message_data(self, data: bytes) -> bytes:
+        self._outgoing.append(data)
+        return b""
+
+    def end_compress_message(self) -> bytes:
+        data, self._outgoing = b"".join(self._outgoing), []
+        return deflate(data, self.server_max_window_bits, self.mem_level)
 
 
 class _ContextFreeAccept(PerMessageDeflateOfferAccept):
@@ -112,18 +171,56 @@ class _ContextFreeAccept(PerMessageDeflateOfferAccept):
         return text
 
 
-def accept_shareable(max_message_size: int) -> Callable[[list[Any]], Any]:
+#: The window a compressing client is asked to keep to (RFC 7692 section
+#: 7.1.2.2) when its offer lets us ask: our inflate state per connection is
+#: then a 2 KiB window instead of 32 KiB, which with connections churning
+#: kept RSS level (``benchmarks/deflate_rss.py``); chat-size JSON costs
+#: about 23 % more bytes upstream than with 15 (0.225 vs 0.183 of the raw
+#: size on 2,000 typical messages). 0: as the client likes.
+CLIENT_WINDOW_BITS = 11
+
+
+def _client_window_bits(extensions: str | None) -> int:
+    """
+    What to ask of the client: CLIENT_WINDOW_BITS, or less when its first
+    permessage-deflate offer already names a smaller
+    ``client_max_window_bits`` (a response must not name a larger one,
+    section 7.1.2.2; Autobahn's parsed offer drops the value).
+    """
+    for offer in (extensions or "").split(","):
+        params = [p.strip() for p in offer.split(";")]
+        if params[0].lower() != "permessage-deflate":
+            continue
+        for param in params[1:]:
+            name, _, value = param.partition("=")
+            value = value.strip().strip('"')
+            if name.strip().lower() == "client_max_window_bits" and value.isdigit():
+                # Autobahn has refused values it cannot use (8) already.
+                return min(CLIENT_WINDOW_BITS, int(value))
+        break
+    return CLIENT_WINDOW_BITS
+
+
+def accept_shareable(
+    max_message_size: int, extensions: str | None = None
+) -> Callable[[list[Any]], Any]:
     """
     Accept permessage-deflate, insisting on server_no_context_takeover:
     each frame we send is then compressed on its own, so one compressed
     broadcast frame is valid on every connection with the same settings.
+    ``extensions`` is the request's Sec-WebSocket-Extensions header, for
+    the window the client may be asked to keep to.
     """
+    client_bits = _client_window_bits(extensions)
 
     def accept(offers: list[Any]) -> PerMessageDeflateOfferAccept | None:
         for offer in offers:
             if isinstance(offer, PerMessageDeflateOffer):
                 return _ContextFreeAccept(
-                    offer, no_context_takeover=True, max_message_size=max_message_size
+                    offer,
+                    no_context_takeover=True,
+                    request_max_window_bits=client_bits if offer.accept_max_window_bits else 0,
+                    max_message_size=max_message_size,
                 )
         return None
 

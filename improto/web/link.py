@@ -25,7 +25,7 @@ from twisted.logger import Logger
 
 from improto.router import Router, Session
 from improto.web import quiet
-from improto.web.framing import compressed_frame, deflate
+from improto.web.framing import ContextFreeDeflate, compressed_frame, deflate
 
 _log = Logger()
 quiet.install()
@@ -90,6 +90,8 @@ class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         pmce = self._perMessageCompress
         if isinstance(pmce, PerMessageDeflate) and pmce.server_no_context_takeover:
             self.compression_key = (pmce.server_max_window_bits, pmce.mem_level)
+            # Before the first message out (the welcome): see framing.
+            self._perMessageCompress = ContextFreeDeflate.replacing(pmce)
         self._watch_backpressure()
         self._session = self.open_session(self.factory.router)
 

@@ -95,3 +95,16 @@ def test_an_explicit_registry_is_used() -> None:
     metrics = ServerMetrics(registry, process=False)
     metrics.rate_limited()
     assert registry.get_sample_value("improto_rate_limited_frames_total") == 1
+
+
+def test_history_and_inbox_sizes_on_the_memory_backend() -> None:
+    router, metrics = counted_router()
+    alice = router.connect(FakeLink(), "alice", native=False)
+    for i in range(3):
+        router.receive_text(alice, f"m{i}", 2)
+    assert sample(metrics, "improto_history_messages") == 3  # the lobby's
+    assert sample(metrics, "improto_history_streams") == 1
+    assert sample(metrics, "improto_inbox_users") == 0  # seed pages have no inbox
+    carol = router.connect(FakeLink(), "carol", native=True)
+    router.disconnect(carol)  # her inbox is kept for --inbox-ttl
+    assert sample(metrics, "improto_inbox_users") == 1

@@ -183,13 +183,7 @@ class RespConnection(Protocol, TimeoutMixin):
                 return
             if reply is False:
                 break
-            if (
-                self.on_message is not None
-                and type(reply) is list
-                and len(reply) == 3
-                and reply[0] == b"message"
-            ):
-                self.on_message(reply[1], reply[2])
+            if self.handle_push(reply):
                 continue
             if not self._pending:
                 self.abort(f"unsolicited reply from Redis: {reply!r:.80}")
@@ -204,6 +198,18 @@ class RespConnection(Protocol, TimeoutMixin):
             self.resetTimeout()
         elif self.timeOut is not None:
             self.setTimeout(None)
+
+    def handle_push(self, reply: Any) -> bool:
+        """Deliver ``reply`` if it is a pub/sub push rather than an answer."""
+        if (
+            self.on_message is not None
+            and type(reply) is list
+            and len(reply) == 3
+            and reply[0] == b"message"
+        ):
+            self.on_message(reply[1], reply[2])
+            return True
+        return False
 
     def timeoutConnection(self) -> None:
         self.abort(f"Redis did not answer within {self._timeout:g}s")

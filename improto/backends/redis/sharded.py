@@ -31,7 +31,6 @@ from twisted.python.failure import Failure
 
 from improto.backends.interface import BackendUnavailable, EnvelopeCallback
 from improto.backends.redis.client import (
-    RedisProtocolError,
     RedisReplyError,
     RespConnection,
     as_unavailable,
@@ -67,38 +66,18 @@ class ShardedSubscriber(RespConnection):
         if self._flush_call is None:
             self._flush_call = self._clock.callLater(0, self.flush)
 
-    def dataReceived(self, data: bytes) -> None:
-        self._reader.feed(data)
-        while self._open:
-            try:
-                reply = self._reader.gets()
-            except RedisProtocolError as e:
-                self.abort(f"protocol error from Redis: {e}")
-                return
-            if reply is False:
-                break
-            if type(reply) is list and len(reply) == 3:
-                kind = reply[0]
-                if kind == b"smessage":
-                    if self.on_message is not None:
-                        self.on_message(reply[1], reply[2])
-                    continue
-                if kind == b"sunsubscribe":
-                    self.on_sunsubscribe(reply[1])
-                    continue
-            if not self._pending:
-                self.abort(f"unsolicited reply from Redis: {reply!r:.80}")
-                return
-            self.stats.replies += 1
-            d = self._pending.popleft()
-            if isinstance(reply, RedisReplyError):
-                d.errback(reply)
-            else:
-                d.callback(reply)
-        if self._pending:
-            self.resetTimeout()
-        elif self.timeOut is not None:
-            self.setTimeout(None)
+    def handle_push(self, reply: Any) -> bool:
+        """Sharded pushes: ``smessage``, and ``sunsubscribe`` when a slot moved."""
+        if type(reply) is list and len(reply) == 3:
+            kind = reply[0]
+            if kind == b"smessage":
+                if self.on_message is not None:
+                    self.on_message(reply[1], reply[2])
+                return True
+            if kind == b"sunsubscribe":
+                self.on_sunsubscribe(reply[1])
+                return True
+        return False
 
 
 class ShardedSubscriptions(Subscriptions):
