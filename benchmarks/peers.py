@@ -12,6 +12,10 @@ compiled load generator ``loadgen_c/wsload.c`` on CPU 1):
   nodes on two ports (one per core) sharing one Redis, the generator
   splitting connections between them and running wherever the scheduler
   puts it (its CPU is reported); without ``redis-server``, ``n/a``;
+* ``improto-cluster``: the same two workers (or two nodes) with
+  ``--backend redis-cluster://`` on a private Redis Cluster of three
+  masters, no replicas, started for it on free loopback ports; fan-out and
+  private throughput only (its other rows are ``-``);
 * ``seed-003`` / ``seed-004``: the seeds' Flask + gevent-websocket servers;
 * ``websockets``: ``servers/websockets_peer.py`` (``websockets.broadcast``);
 * ``autobahn-ceiling``: ``servers/autobahn_ceiling.py``, plain Autobahn with a
@@ -25,6 +29,9 @@ Each value is the median over ``--runs``; nothing asserts on time.
 from __future__ import annotations
 
 import contextlib
+import random
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -39,10 +46,12 @@ import cload
 import harness
 from loadgen import server_rss_bytes
 
-SERVERS = ["improto", "improto-redis", "improto-2w", "seed-003", "seed-004", "websockets",
-           "autobahn-ceiling"]
+SERVERS = ["improto", "improto-redis", "improto-2w", "improto-cluster", "seed-003", "seed-004",
+           "websockets", "autobahn-ceiling"]
 OPTIONAL = ["stock-autobahn"]
-IMPROTO = ["improto", "improto-redis", "improto-2w"]
+IMPROTO = ["improto", "improto-redis", "improto-2w", "improto-cluster"]
+#: Servers measured in some rows only (the others show ``-``).
+ONLY_ROWS = {"improto-cluster": {"fanout-tput", "private-tput"}}
 KINDS = ["fanout", "private", "memory", "handshake"]
 #: Table rows: (key, kind measured in, label template).
 ROWS = [
@@ -88,7 +97,11 @@ class Deployment:
 
 def workers_option() -> bool:
     """Whether ``twistd improto --help`` lists ``--workers``."""
-    code = ("import sys; from twisted.scripts.twistd import run; "
+    # The plugin path as servers/improto_server.py adds it: an editable
+    # install does not put the plugin in twisted/plugins.
+    code = ("import sys, twisted.plugins; "
+            f"twisted.plugins.__path__.append({str(harness.REPO / 'plugins')!r}); "
+            "from twisted.scripts.twistd import run; "
             "sys.argv = ['twistd', 'improto', '--help']; run()")
     try:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -128,6 +141,37 @@ def tcp_counters() -> dict[str, int]:
     return found
 
 
+def cluster_port() -> int:
+    """A free port P with P + 10000 (its cluster bus) free too, so at most 55535."""
+    while True:
+        port = random.randint(20000, 45000)
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+
+
+def redis_cli(port: int, *args: str, timeout: float = 30) -> str:
+    binary = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+    return subprocess.run([binary, "-h", "127.0.0.1", "-p", str(port), *args], check=True,
+                          capture_output=True, text=True, timeout=timeout).stdout
+
+
+def cluster_ok(ports: list[int], timeout: float = 30) -> None:
+    """Polls ``CLUSTER INFO`` on every node until all say ``cluster_state:ok``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            if all("cluster_state:ok" in redis_cli(p, "CLUSTER", "INFO", timeout=5)
+                   for p in ports):
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"Redis Cluster on {ports} not ok within {timeout}s")
+
+
 def descendants(pid: int) -> list[int]:
     found, todo = [], [pid]
     while todo:
@@ -149,9 +193,14 @@ class Lab:
             if self.workers:
                 return "improto --workers 2 +Redis"
             return "improto 2 nodes+Redis" if self.redis else "improto 2 workers"
+        if name == "improto-cluster":
+            two = "--workers 2" if self.workers else "2 nodes"
+            return f"improto {two}+Redis Cluster"
         return {"improto": "improto (memory)", "improto-redis": "improto (Redis)"}.get(name, name)
 
     def unavailable(self, name: str) -> str | None:
+        if name == "improto-cluster" and not (self.redis and shutil.which("redis-cli")):
+            return "n/a (no redis-server / redis-cli)"
         if name in ("improto-redis", "improto-2w") and not self.redis:
             return "n/a (no --workers yet)" if name == "improto-2w" else "n/a (no redis-server)"
         if name.startswith("seed-") and self.seed_py is None:
@@ -173,6 +222,36 @@ class Lab:
         pid = self._server(stack, f"{tag}-redis", harness.redis_argv(port, workdir), port, cpus).pid
         return f"redis://127.0.0.1:{port}/0", pid  # type: ignore[return-value]
 
+    def _redis_cluster(self, stack: contextlib.ExitStack, tag: str) -> tuple[str, list[int]]:
+        """A private Redis Cluster of three masters, no replicas: its URL and pids."""
+        ports = [cluster_port() for _ in range(3)]
+        pids = []
+        for port in ports:
+            workdir = Path(tempfile.mkdtemp(prefix=f"cluster-{port}-", dir=self.logdir))
+            argv = [*harness.redis_argv(port, workdir), "--cluster-enabled", "yes",
+                    "--cluster-config-file", f"nodes-{port}.conf"]
+            pids.append(self._server(stack, f"{tag}-redis-{port}", argv, port, None).pid)
+        redis_cli(ports[0], "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+                  "--cluster-replicas", "0", "--cluster-yes")
+        cluster_ok(ports)
+        hosts = ",".join(f"127.0.0.1:{p}" for p in ports)
+        return f"redis-cluster://{hosts}/", pids  # type: ignore[return-value]
+
+    def _two(self, stack: contextlib.ExitStack, tag: str, url: str, port: int,
+             others: list[int]) -> Deployment:
+        """Two improto workers (``--workers 2``, or two nodes, one per core) on ``url``."""
+        if self.workers:
+            s = self._server(stack, tag, improto_argv(
+                port, "--backend", url, "--workers", "2"), port, None)
+            time.sleep(1.0)  # let the workers start before their pids are read
+            return Deployment([port], "/ws/", [*descendants(s.pid), *others], None)  # type: ignore[arg-type]
+        port2 = harness.free_port()
+        a = self._server(stack, tag + "-a", improto_argv(port, "--backend", url),
+                         port, {harness.SERVER_CPU})
+        b = self._server(stack, tag + "-b", improto_argv(port2, "--backend", url),
+                         port2, {harness.CLIENT_CPU})
+        return Deployment([port, port2], "/ws/", [a.pid, b.pid, *others], None)  # type: ignore[list-item]
+
     @contextlib.contextmanager
     def start(self, name: str, kind: str, tag: str) -> Iterator[Deployment]:
         with contextlib.ExitStack() as stack:
@@ -184,20 +263,12 @@ class Lab:
                 url, rpid = self._redis(stack, tag, "server")
                 s = self._server(stack, tag, improto_argv(port, "--backend", url), port)
                 yield Deployment([port], "/ws/", [s.pid, rpid])  # type: ignore[list-item]
-            elif name == "improto-2w" and self.workers:
-                url, rpid = self._redis(stack, tag, None)
-                s = self._server(stack, tag, improto_argv(
-                    port, "--backend", url, "--workers", "2"), port, None)
-                time.sleep(1.0)  # let the workers start before their pids are read
-                yield Deployment([port], "/ws/", [*descendants(s.pid), rpid], None)  # type: ignore[arg-type]
             elif name == "improto-2w":
                 url, rpid = self._redis(stack, tag, None)
-                port2 = harness.free_port()
-                a = self._server(stack, tag + "-a", improto_argv(port, "--backend", url),
-                                 port, {harness.SERVER_CPU})
-                b = self._server(stack, tag + "-b", improto_argv(port2, "--backend", url),
-                                 port2, {harness.CLIENT_CPU})
-                yield Deployment([port, port2], "/ws/", [a.pid, b.pid, rpid], None)  # type: ignore[list-item]
+                yield self._two(stack, tag, url, port, [rpid])
+            elif name == "improto-cluster":
+                url, rpids = self._redis_cluster(stack, tag)
+                yield self._two(stack, tag, url, port, rpids)
             elif name.startswith("seed-"):
                 assert self.seed_py is not None
                 script, prefix = (PRIVATE_SEED if kind == "private" else GROUP_SEED)[name]
@@ -296,17 +367,21 @@ def run_all(lab: Lab, servers: list[str], p: dict[str, dict[str, Any]], runs: in
         for kind in kinds:
             order = servers[run % len(servers):] + servers[:run % len(servers)]
             for name in order:
-                if lab.unavailable(name):
+                only = ONLY_ROWS.get(name)
+                if lab.unavailable(name) or (only is not None and not any(
+                        k == kind and key in only for key, k, _ in ROWS)):
                     continue
                 t0 = time.monotonic()
                 try:
                     got = measure(lab, name, kind, p[kind], f"{name}-{kind}-{run}")
                 except Exception as e:  # report, go on with the others
                     for key, k, _ in ROWS:
-                        if k == kind:
+                        if k == kind and (only is None or key in only):
                             errors[(key, name)] = f"{type(e).__name__}: {e}"[:160]
                     log(f"run {run + 1}/{runs} {kind:<9} {name:<17} ERROR {e}"[:240])
                     continue
+                if only is not None:
+                    got = {k: v for k, v in got.items() if k in only}
                 for key, values in got.items():
                     samples.setdefault((key, name), []).append(values)
                 brief = ", ".join(f"{k} {v['value']:,.1f}" for k, v in got.items()
@@ -333,7 +408,7 @@ def cap_check(lab: Lab, table: dict[tuple[str, str], dict[str, Any]], servers: l
     for key, kind in (("fanout-tput", "fanout"), ("private-tput", "private"),
                       ("handshake", "handshake")):
         measured = [s for s in servers if table.get((key, s), {}).get("value")]
-        own_core = [s for s in measured if s != "improto-2w"]
+        own_core = [s for s in measured if s not in ("improto-2w", "improto-cluster")]
         if not own_core:
             continue
         fastest = max(own_core, key=lambda s: table[(key, s)]["value"])

@@ -70,6 +70,9 @@ def main_table(table: Table, lab: peers.Lab, servers: list[str],
         for s in servers:
             cell = table.get((key, s))
             na = lab.unavailable(s)
+            if not na and key not in peers.ONLY_ROWS.get(s, {key}):
+                rows.append([names[key], lab.display(s), *["-"] * 6, "not measured for it"])
+                continue
             if na or cell is None or "error" in cell:
                 why = na or (cell or {}).get("error", "not measured")
                 rows.append([names[key], lab.display(s), why if na else "ERROR", "-", "-", "-",
@@ -210,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         p["memory"]["n"] = max(50, limit - 300)
         print(f"open-file limit {limit}: idle memory with {p['memory']['n']} connections")
     redis = shutil.which("redis-server") is not None or os.path.exists("/usr/bin/redis-server")
-    workers = peers.workers_option() if "improto-2w" in servers else False
+    workers = (peers.workers_option() if {"improto-2w", "improto-cluster"} & set(servers)
+               else False)
     logdir = Path(tempfile.mkdtemp(prefix="improto-peers-"))
     lab = peers.Lab(logdir, seed_py, workers, redis)
     est = peers.estimate_seconds([s for s in servers if not lab.unavailable(s)], p, runs, kinds)
@@ -291,6 +295,8 @@ means the generator was not what limited it.
     text += f"""
 Notes: `{two}` is {"`twistd improto --workers 2`" if lab.workers else
 "emulated (no `--workers` yet): two twistd nodes on two ports, one per core, sharing one Redis; the generator splits connections between them and shares the cores (its CPU is in `gen CPU`)"}.
+`{lab.display("improto-cluster")}` is the same on a private Redis Cluster of
+three masters (no replicas), measured for fan-out and private throughput only.
 `improto (Redis)` runs improto and its redis-server together on the server
 core; `srv CPU` is the sum of the server's processes (Redis included).
 """
