@@ -29,9 +29,7 @@ Each value is the median over ``--runs``; nothing asserts on time.
 from __future__ import annotations
 
 import contextlib
-import random
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +43,8 @@ from typing import Any
 import cload
 import harness
 from loadgen import server_rss_bytes
+
+from improto.testing import cluster_port
 
 SERVERS = ["improto", "improto-redis", "improto-2w", "improto-cluster", "seed-003", "seed-004",
            "websockets", "autobahn-ceiling"]
@@ -139,19 +139,6 @@ def tcp_counters() -> dict[str, int]:
                 row = dict(zip(head.split()[1:], values.split()[1:], strict=False))
                 found.update({n: int(row[n]) for n in names if n in row})
     return found
-
-
-def cluster_port() -> int:
-    """A free port P with P + 10000 (its cluster bus) free too, so at most 55535."""
-    while True:
-        port = random.randint(20000, 45000)
-        try:
-            for candidate in (port, port + 10000):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", candidate))
-        except OSError:
-            continue
-        return port
 
 
 def redis_cli(port: int, *args: str, timeout: float = 30) -> str:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import signal
 import socket
 import subprocess
@@ -155,6 +156,22 @@ def free_port(host: str = LOOPBACK) -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def cluster_port(host: str = LOOPBACK) -> int:
+    """
+    A free port P whose Redis Cluster bus port, P + 10000, is free too (so
+    P is at most 45000): for the local clusters the tests and benchmarks start.
+    """
+    while True:
+        port = random.randint(20000, 45000)
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind((host, candidate))
+        except OSError:
+            continue
+        return port
 
 
 def wait_for_port(

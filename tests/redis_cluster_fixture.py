@@ -12,34 +12,21 @@ Everything lives in a temporary directory removed afterwards.
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
 
+from improto.testing import cluster_port
 from tests.redis_fixture import find_redis_server, free_port
 
 NODE_TIMEOUT_MS = 1000
-
-
-def cluster_port() -> int:
-    """A free port P with P + 10000 (the cluster bus) free too, so at most 55535."""
-    while True:
-        port = random.randint(20000, 45000)
-        try:
-            for candidate in (port, port + 10000):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", candidate))
-        except OSError:
-            continue
-        return port
 
 
 def _wait(check, timeout: float, what: str) -> None:
@@ -171,31 +158,25 @@ class SentinelServers(_Processes):
         return int(port)
 
 
-@pytest.fixture(scope="session")
-def redis_cluster() -> Iterator[RedisClusterServers]:
-    servers = RedisClusterServers()
+def _running(servers: Any) -> Iterator[Any]:
+    """Start ``servers``, yield them, and clean up however the test ends."""
     try:
         servers.start()
         yield servers
     finally:
         servers.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    yield from _running(RedisClusterServers())
 
 
 @pytest.fixture
 def fresh_redis_cluster() -> Iterator[RedisClusterServers]:
-    servers = RedisClusterServers()
-    try:
-        servers.start()
-        yield servers
-    finally:
-        servers.cleanup()
+    yield from _running(RedisClusterServers())
 
 
 @pytest.fixture
 def redis_sentinel() -> Iterator[SentinelServers]:
-    servers = SentinelServers()
-    try:
-        servers.start()
-        yield servers
-    finally:
-        servers.cleanup()
+    yield from _running(SentinelServers())
