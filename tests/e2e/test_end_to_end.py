@@ -200,7 +200,10 @@ def test_tls_endpoint_serves_wss(tmp_path) -> None:
 
     key_path, cert_path = self_signed_certificate(tmp_path)
     endpoint = f"ssl:{{port}}:privateKey={key_path}:certKey={cert_path}:interface=127.0.0.1"
-    secure = start_server(endpoint=endpoint)
+    # The timers have their own tests (test_limits.py); here a machine that
+    # stalls the server for 5 s mid-TLS-handshake must not turn this into
+    # an idle-timeout test (it did once in CI: EOF before the HTTP answer).
+    secure = start_server("--idle-timeout", "60", "--handshake-timeout", "60", endpoint=endpoint)
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
