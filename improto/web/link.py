@@ -24,7 +24,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from improto.router import Router, Session
-from improto.web import quiet
+from improto.web import flush, quiet
 from improto.web.framing import ContextFreeDeflate, compressed_frame, deflate
 
 _log = Logger()
@@ -35,6 +35,9 @@ _DEBUG_LEVELS = frozenset(("debug", "trace"))
 #: (a fired Deferred of ``[]``), made once. Autobahn only adds an errback,
 #: which a success skips, so the shared result never changes.
 _NO_LISTENERS: Deferred[list[Any]] = succeed([])
+#: True while a broadcast sends at once where a member has nothing
+#: buffered (:class:`improto.web.flush.Turns` says which do).
+_sending_now = False
 
 
 class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
@@ -148,7 +151,10 @@ class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         ):
             super().sendData(data, sync, chopsize)
             return
-        self.transport.write(data)
+        if _sending_now:
+            flush.write(self.transport, data)
+        else:
+            self.transport.write(data)
         self.trafficStats.outgoingOctetsWireLevel += len(data)
 
     def _drop_slow_consumer(self) -> None:
@@ -199,6 +205,16 @@ class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         frame it once per context-free compression setting (see
         :mod:`improto.web.framing` for why that one is ours).
         """
+        global _sending_now
+        turns = getattr(links[0].factory, "turns", None) if links else None
+        _sending_now = turns is not None and turns.direct()
+        try:
+            cls._broadcast(links, data, binary)
+        finally:
+            _sending_now = False
+
+    @staticmethod
+    def _broadcast(links: Sequence[Any], data: bytes, binary: bool) -> None:
         prepared: Any = None
         compressed: dict[tuple[int, int], bytes] = {}
         for link in links:
