@@ -98,6 +98,18 @@ _DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite
 _CHECK_ENCODER = json.JSONEncoder(ensure_ascii=False, check_circular=False)
 
 
+def suspect(text: str) -> bool:
+    """
+    Whether ``text`` may hold a surrogate or a ``\\uD800``..``\\uDFFF``
+    escape; False: :func:`has_surrogate` and :func:`check_unicode` would
+    find nothing. An ASCII text holds no surrogate (``isascii`` reads a
+    flag), and one without ``\\u`` no escape: most frames cost no scan.
+    """
+    if not text.isascii() and _SURROGATE.search(text) is not None:
+        return True
+    return "\\u" in text and _SURROGATE_ESCAPE.search(text) is not None
+
+
 def parse(text: str) -> Any:
     """
     Parse one frame as strict JSON, or raise :class:`JsonRefused`.
@@ -109,12 +121,31 @@ def parse(text: str) -> Any:
         raise JsonRefused(
             f"The frame nests arrays and objects deeper than {MAX_DEPTH} levels.", syntax=False
         )
-    if fast_loads is not None and _LONG_DIGITS.search(text) is None:
+    if fast_loads is not None:
         try:
-            return fast_loads(text)
+            value = fast_loads(text)
         except ValueError:
-            pass  # refused (or not trusted): json decides, and words the refusal
+            pass  # refused: json decides, and words the refusal
+        else:
+            # A float may be an integer orjson could not hold: then json decides.
+            if _floatless(value) or _LONG_DIGITS.search(text) is None:
+                return value
     return _strict(text)
+
+
+def _floatless(value: Any) -> bool:
+    """No float anywhere in ``value`` (a frame of strings: one loop, no call)."""
+    if type(value) is dict:
+        value = value.values()
+    elif type(value) is not list:
+        return type(value) is not float
+    for item in value:
+        kind = type(item)
+        if kind is str or kind is int or kind is bool or item is None:
+            continue
+        if kind is float or not _floatless(item):
+            return False
+    return True
 
 
 def _strict(text: str) -> Any:

@@ -43,7 +43,7 @@ class Inbound:
         # Every frame costs a token before any work is done on it, so a
         # flood of frames that are refused (too large, undecodable) is
         # throttled like a flood of good ones.
-        if not self._take_token(session, text):
+        if session.bucket.rate > 0 and not self._take_token(session, text):  # rate 0: no limit
             return
         if session.echo:
             self._echo(session, text.encode("utf-8"), binary=False)

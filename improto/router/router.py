@@ -261,8 +261,8 @@ class Router:
         self.metrics.delivered("group", deliver(self._groups.members(group), envelope, self._table))
 
     def _to_user(self, user: str, envelope: Envelope) -> None:
-        if envelope.seq is None:
-            self._fan_out_user(user, envelope)
+        if envelope.seq is None:  # _fan_out_user, one call less per private message
+            self.metrics.delivered("private", deliver(self._table.of_user(user), envelope, self._table))
             return
         self.durable.tracker.receive(envelope, functools.partial(self._fan_out_user, user))
 

@@ -121,3 +121,15 @@ def test_server_frames_are_written_alike(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_a_lone_surrogate_fails_as_it_did() -> None:
     with pytest.raises(UnicodeEncodeError):
         codec.private_message("alice", "bob", "\ud800")
+
+
+def test_an_unsuspect_frame_needs_none_of_the_slow_checks() -> None:
+    """decode skips has_surrogate and check_unicode when suspect() is False."""
+    rng = random.Random(3)
+    pieces = PIECES + ["\ud800", "\\uD800", "\\udfff", "\\uDC0", "1" * 18, "\\\\ud800", "中", "\\u"]
+    for _ in range(20_000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 8)))
+        if jsontext.suspect(text):
+            continue
+        assert not jsontext.has_surrogate(text)
+        assert jsontext._SURROGATE_ESCAPE.search(text) is None
