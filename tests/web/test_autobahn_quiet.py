@@ -449,3 +449,12 @@ def test_a_message_listener_is_called_as_on_stock_autobahn() -> None:
     protocol.on("message", lambda payload, is_binary: heard.append((payload, is_binary)))
     protocol.dataReceived(wsframes.client_frame(b'{"msg": "hi"}'))
     assert heard == [(b'{"msg": "hi"}', False)]
+
+
+def test_errbacks_on_the_shared_result_are_skipped_as_twisted_would() -> None:
+    from improto.web.link import _NO_LISTENERS
+
+    heard: list[Any] = []
+    assert _NO_LISTENERS.addErrback(heard.append) is _NO_LISTENERS
+    _NO_LISTENERS.addCallback(lambda result: heard.append(result) or result)
+    assert len(heard) == 1 and heard[0] is _NO_LISTENERS.result  # no errback ran, result kept
