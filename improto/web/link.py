@@ -170,6 +170,20 @@ class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         self.transport.write(data)
         self.trafficStats.outgoingOctetsWireLevel += len(data)
 
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Autobahn's ``dataReceived`` (of ``WebSocketAdapterProtocol``) is a
+        ``log.debug`` call and ``self._dataReceived(data)``; the call's
+        arguments (``hltype`` and two ``hlval``) are built on every read even
+        with nothing logged. While :mod:`improto.web.quiet` is active and debug
+        logging is off this is the second line alone; otherwise Autobahn's.
+        Its source is hash-pinned in ``tests/web/test_autobahn_quiet.py``.
+        """
+        if quiet.active and txaio.get_global_log_level() not in _DEBUG_LEVELS:  # type: ignore[attr-defined]
+            self._dataReceived(data)
+            return
+        super().dataReceived(data)
+
     def _drop_slow_consumer(self) -> None:
         if self._dropping:
             return
