@@ -254,3 +254,10 @@ class IImmediateBackend(Interface):
 
     def last_seen_now(user: str) -> int | None:
         """:meth:`IBackend.last_seen`, answered at once."""
+
+    def subscribers_now(channel: str) -> int:
+        """
+        How many nodes subscribe to ``channel`` now: what ``publish_now``
+        would return. Lets the router skip a publish nobody would receive
+        (nothing is stored by a publish, so skipping it changes nothing).
+        """

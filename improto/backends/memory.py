@@ -203,3 +203,8 @@ class MemoryBackend:
 
     def last_seen_now(self, user: str) -> int | None:
         return self.hub.streams.last_seen(user)
+
+    def subscribers_now(self, channel: str) -> int:
+        if self._state is not BackendState.OK:
+            return 0
+        return len(self.hub.channels.get(channel) or ())

@@ -209,12 +209,28 @@ class Inbound:
             channel = user_channel(session.user)
             if self._now is None:
                 self._backend.publish(channel, copy).addErrback(self._replies.failed, None, None)
-            else:
+            elif not self._reaches_nobody(session, channel):
                 try:
                     self._now.publish_now(channel, copy)
                 except Exception:
                     self._replies.failed(Failure(), None, None)
         self._replies.ack(session, command.id)
+
+    def _reaches_nobody(self, session: Session, channel: str) -> bool:
+        """
+        Whether the sender's copy (native sessions of the sender but this
+        one) would reach nobody: only this node subscribes to the sender's
+        channel (it does, while ``session`` is open) and no other native
+        session of the sender is here. Asked of an immediate backend only;
+        a live publish stores nothing, so a skipped one changes nothing.
+        """
+        now = self._now
+        if now is None or now.subscribers_now(channel) != 1:
+            return False
+        for other in self._router.sessions_of(session.user):
+            if other.native and other is not session:
+                return False
+        return True
 
     def _join(self, session: Session, command: codec.Join) -> None:
         if command.group in session.groups:

@@ -304,6 +304,28 @@ class TestDelivery:
         assert [f["type"] for f in a.take()] == ["ack"]
         assert (calls == []) == (backend_calls == "immediate")
 
+    @pytest.mark.parametrize("where", ["nowhere", "here", "other node"])
+    def test_the_senders_copy_is_skipped_only_when_it_reaches_nobody(
+        self, where, backend_calls, monkeypatch
+    ):
+        hub = MemoryHub()
+        here, there = make_router(hub), make_router(hub)
+        _, sa = connect(here, "alice")  # a seed page: it gets no copy itself
+        b, _ = connect(here, "bob")
+        other = FakeLink()
+        if where != "nowhere":
+            other, _ = connect(here if where == "here" else there, "alice", native=True)
+        other.take()
+        published = []
+        original = here.backend.publish_now
+        monkeypatch.setattr(here.backend, "publish_now",
+                            lambda channel, e: published.append(channel) or original(channel, e))
+        send(here, sa, {"to_user": "bob", "msg": "hi"})
+        assert [f["msg"] for f in b.take()] == ["hi"]
+        assert [f["msg"] for f in other.take()] == ([] if where == "nowhere" else ["hi"])
+        if backend_calls == "immediate":
+            assert published == ["user:bob"] + ([] if where == "nowhere" else ["user:alice"])
+
     def test_server_side_publish_to_group_and_user(self, router):
         a, _ = connect(router, "alice")
         b, _ = connect(router, "bob")
