@@ -4,7 +4,9 @@ and the unmasking of small client frames.
 
 A group broadcast is framed (and compressed) once per compression setting
 and the same bytes are written to every member. Uncompressed, that is
-Autobahn's public ``prepareMessage`` / ``sendPreparedMessage``. Compressed,
+the frame Autobahn's public ``prepareMessage`` would build, built by
+:func:`frame` (cheaper per message, as a private message's one receiver
+pays it alone). Compressed,
 Autobahn cannot do it: ``sendPreparedMessage`` on a connection with
 permessage-deflate calls ``sendMessage``, which compresses the payload
 again for every connection, with that connection's compressor. So the
@@ -96,7 +98,16 @@ def create_xor_masker(mask: bytes, length: int | None = None) -> Any:
 def compressed_frame(payload: bytes, binary: bool) -> bytes:
     """One unmasked, unfragmented server frame of a deflated message, RSV1 set
     (RFC 6455 section 5.2, RFC 7692 section 6)."""
-    first = 0x80 | 0x40 | (0x2 if binary else 0x1)
+    return frame(payload, binary, 0x40)
+
+
+def frame(payload: bytes, binary: bool, rsv: int = 0) -> bytes:
+    """
+    One unmasked, unfragmented server frame (RFC 6455 section 5.2): without
+    ``rsv``, byte for byte the ``payloadHybi`` of Autobahn's server
+    ``prepareMessage``, without its two objects and three calls per message.
+    """
+    first = 0x80 | rsv | (0x2 if binary else 0x1)
     length = len(payload)
     if length < 126:
         header = bytes((first, length))

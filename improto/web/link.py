@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 
 from improto.router import Router, Session
 from improto.web import quiet
-from improto.web.framing import ContextFreeDeflate, compressed_frame, deflate
+from improto.web.framing import ContextFreeDeflate, compressed_frame, deflate, frame
 
 _log = Logger()
 quiet.install()
@@ -226,22 +226,26 @@ class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     @classmethod
     def broadcast(cls, links: Sequence[Any], data: bytes, binary: bool) -> None:
         """
-        Frame ``data`` once for all uncompressed links (Autobahn's
-        ``prepareMessage``; links that compress with context get it
-        compressed per link by ``sendPreparedMessage``), and compress and
-        frame it once per context-free compression setting (see
-        :mod:`improto.web.framing` for why that one is ours).
+        Frame ``data`` once for all uncompressed links (:func:`frame`, the
+        bytes of Autobahn's ``prepareMessage``; links that compress with
+        context get it compressed per link by ``sendMessage``, as
+        ``sendPreparedMessage`` would do), and compress and frame it once per
+        context-free compression setting (see :mod:`improto.web.framing` for
+        why that one is ours).
         """
-        prepared: Any = None
+        plain: bytes | None = None
         compressed: dict[tuple[int, int], bytes] = {}
         for link in links:
             if link.state != WebSocketServerProtocol.STATE_OPEN:
                 continue
             key = link.compression_key
             if key is None:
-                if prepared is None:
-                    prepared = link.factory.prepareMessage(data, binary)
-                link.sendPreparedMessage(prepared)
+                if link._perMessageCompress is not None:
+                    link.sendMessage(data, binary)
+                    continue
+                if plain is None:
+                    plain = frame(data, binary)
+                link.sendData(plain)
                 continue
             wire = compressed.get(key)
             if wire is None:

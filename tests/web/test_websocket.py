@@ -12,6 +12,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
+import improto.web.link as link_module
 from improto.backends.memory import MemoryBackend
 from improto.router import Router, RouterLimits
 from improto.settings import Settings
@@ -231,25 +232,32 @@ def test_a_user_over_its_limit_is_closed_with_4029_and_others_are_not():
     assert Client(factory, "/ws/alice", NATIVE).messages()[0]["type"] == "welcome"
 
 
-def test_uncompressed_members_share_one_prepared_frame(factory, monkeypatch):
-    prepared = []
-    prepare = factory.prepareMessage
+def test_uncompressed_members_share_one_frame_autobahns_prepared_one(factory, monkeypatch):
+    framed = []
+    original = link_module.frame
 
-    def spy(payload, isBinary=False, doNotCompress=False):
-        prepared.append(prepare(payload, isBinary, doNotCompress))
-        return prepared[-1]
+    def spy(payload, binary, rsv=0):
+        framed.append(original(payload, binary, rsv))
+        return framed[-1]
 
-    monkeypatch.setattr(factory, "prepareMessage", spy)
+    monkeypatch.setattr(link_module, "frame", spy)
     alice = Client(factory, "/ws/alice")
     members = [Client(factory, f"/ws/m{i}") for i in range(3)]
     for c in members + [alice]:
         c.raw()
     alice.send("hello, all")
     wires = [m.raw() for m in members]
-    [message] = prepared
-    assert wires[0] == wires[1] == wires[2] == message.payloadHybi
+    [message] = framed
+    assert wires[0] == wires[1] == wires[2] == message
     [(opcode, payload, compressed)] = wsframes.parse_frames(wires[0])
     assert opcode == 1 and not compressed and json.loads(payload)["msg"] == "hello, all"
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+@pytest.mark.parametrize("binary", [False, True])
+def test_our_frames_are_autobahns_prepared_ones(factory, size, binary):
+    payload = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+    assert link_module.frame(payload, binary) == factory.prepareMessage(payload, binary).payloadHybi
 
 
 def test_a_member_that_stops_reading_is_dropped_after_max_backlog(caplog_events):
