@@ -202,19 +202,23 @@ class Inbound:
             return
         if command.to != session.user:
             # The sender's other devices see what was sent from this one.
-            copy = Envelope(
-                envelope.origin_node, envelope.origin_session, envelope.data,
-                envelope.binary, Audience.NATIVE, envelope.exclude_session,
-            )
             channel = user_channel(session.user)
             if self._now is None:
-                self._backend.publish(channel, copy).addErrback(self._replies.failed, None, None)
+                self._backend.publish(channel, self._copy(envelope)).addErrback(
+                    self._replies.failed, None, None)
             elif not self._reaches_nobody(session, channel):
                 try:
-                    self._now.publish_now(channel, copy)
+                    self._now.publish_now(channel, self._copy(envelope))
                 except Exception:
                     self._replies.failed(Failure(), None, None)
         self._replies.ack(session, command.id)
+
+    @staticmethod
+    def _copy(envelope: Envelope) -> Envelope:
+        """The sender's copy: the same frame, for native sessions only."""
+        e = envelope
+        return Envelope(e.origin_node, e.origin_session, e.data, e.binary, Audience.NATIVE,
+                        e.exclude_session)
 
     def _reaches_nobody(self, session: Session, channel: str) -> bool:
         """
