@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
+from typing import NamedTuple
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -31,8 +32,7 @@ class Audience(enum.Enum):
     NATIVE = "native"
 
 
-@attrs.frozen
-class Envelope:
+class Envelope(NamedTuple):
     """
     One frame on its way to every node subscribed to a channel.
 
@@ -40,6 +40,12 @@ class Envelope:
     delivers it to every local session of the channel except
     ``exclude_session``, which is how a sender never gets its own group
     message back, whichever node it is on.
+
+    A named tuple, not a frozen attrs class: as immutable, and made for
+    every message (up to three times for a stored private one), where a
+    frozen attrs class pays one ``object.__setattr__`` per field
+    (``benchmarks/micro.py --instructions --ops private``). A changed copy
+    is ``envelope._replace(...)``.
     """
 
     origin_node: str
@@ -55,7 +61,7 @@ class Envelope:
 
 
 def positioned(envelope: Envelope, stream: str, seq: int) -> Envelope:
-    """``envelope`` at ``seq`` of ``stream`` (``attrs.evolve`` costs more, per message)."""
+    """``envelope`` at ``seq`` of ``stream`` (``_replace`` costs more, per message)."""
     e = envelope
     return Envelope(e.origin_node, e.origin_session, e.data, e.binary, e.audience, e.exclude_session,
                     stream, seq)

@@ -86,7 +86,7 @@ async def test_append_numbers_stores_and_publishes_with_the_position(nodes: Node
     results = await gatherResults([nodes.a.append("group:lobby", "group:lobby", e) for e in sent])
     assert [(r.seq, r.receivers, r.duplicate) for r in results] == [(i, 1, False) for i in range(1, 6)]
     await eventually(lambda: len(got) == 5)
-    assert got == [attrs.evolve(e, stream="group:lobby", seq=i + 1) for i, e in enumerate(sent)]
+    assert got == [e._replace(stream="group:lobby", seq=i + 1) for i, e in enumerate(sent)]
     page = await nodes.b.history("group:lobby", 0, 100)
     assert page.messages == got
     assert (page.first_seq, page.last_seq) == (1, 5)

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import struct
 
-import attrs
-
 from improto.backends.interface import Audience, Envelope
 
 VERSION = 1
@@ -75,7 +73,7 @@ def encode_envelope(envelope: Envelope) -> bytes:
 
 def encode_head(envelope: Envelope, stream: str) -> bytes:
     """A version-2 envelope up to its seq: what the append script completes."""
-    v1 = encode_envelope(attrs.evolve(envelope, data=b""))
+    v1 = encode_envelope(envelope._replace(data=b""))
     encoded = stream.encode("utf-8")
     return b"".join((
         bytes([VERSION_POSITIONED]), v1[1:_HEADER.size], _STREAM_LEN.pack(len(encoded)),
@@ -139,4 +137,4 @@ def _decode_positioned(payload: bytes) -> Envelope:
         bytes([VERSION]), payload[1:_HEADER.size], payload[end:strings],
         payload[seq_at + 1 + seq_len :],
     ))
-    return attrs.evolve(decode_envelope(v1), stream=stream, seq=int(raw_seq))
+    return decode_envelope(v1)._replace(stream=stream, seq=int(raw_seq))
