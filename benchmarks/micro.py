@@ -81,6 +81,17 @@ class Transport(StringTransport):
     def unregisterProducer(self) -> None:
         self.producer = None
 
+    def lose(self, reason: Any) -> None:
+        """What a TCP transport does when the socket is gone: forget its
+        protocol and producer (``tcp.Connection``/``FileDescriptor.connectionLost``),
+        then tell the protocol."""
+        protocol = self.protocol
+        del self.protocol
+        if self.producer is not None:
+            self.producer.stopProducing()
+            self.producer = None
+        protocol.connectionLost(reason)
+
 
 class StockProtocol(WebSocketServerProtocol):
     """Autobahn as shipped; callbacks do nothing."""
@@ -351,7 +362,7 @@ def bench_site_handshake(site: Any, n: int, path_of: Callable[[int], str]) -> fl
             channel.makeConnection(transport)
             channel.dataReceived(request)
             transport.protocol.dataReceived(CLOSE_FRAME)
-            transport.protocol.connectionLost(done)
+            transport.lose(done)
         last.append(transport)
 
     elapsed = measure(loop)
