@@ -33,8 +33,9 @@ def result_of(d: Deferred[Any]) -> Any:
     it is (a failure is left for whoever handles it).
     """
     if d.called and not d.paused:
+        # Not paused: nothing is chained, so the result is no Deferred.
         result = d.result
-        if not isinstance(result, (Failure, Deferred)):
+        if not isinstance(result, Failure):
             return result
     return PENDING
 
@@ -63,7 +64,8 @@ def then(d: Deferred[Any], fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
         out = fn(result, *args)
     except BaseException:
         return fail()
-    return out if isinstance(out, Deferred) else succeed(out)
+    # (None first: isinstance of an ABC-registered class is not free.)
+    return succeed(out) if out is None or not isinstance(out, Deferred) else out
 
 
 def done(d: Deferred[Any]) -> bool:
