@@ -7,6 +7,7 @@ import weakref
 
 import pytest
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import succeed
 from twisted.internet.testing import StringTransport
 
 from improto import tap
@@ -53,3 +54,31 @@ def test_the_http_channel_is_freed_once_a_websocket_takes_over(site):
         assert site.pending.count("127.0.0.1") == 0
     finally:
         gc.enable()
+
+
+class _Port:
+    def getHost(self):
+        return IPv4Address("TCP", "127.0.0.1", 9000)
+
+    def stopListening(self):
+        return succeed(None)
+
+
+class _Endpoint:
+    def listen(self, factory):
+        return succeed(_Port())
+
+
+def test_once_listening_the_start_up_heap_is_out_of_the_collectors_sight():
+    """gc.freeze: full collections under connection churn walk only what came after."""
+    options = tap.Options()
+    options.parseOptions([])
+    service = tap.build_service(options, endpoint=_Endpoint())
+    gc.unfreeze()
+    try:
+        service.startService()
+        assert service.port is not None
+        assert gc.get_freeze_count() > 1000
+    finally:
+        gc.unfreeze()
+        service.router.backend.stop()
