@@ -105,9 +105,11 @@ class ChatServerProtocol(LinkProtocol):
         # Room for a frame a little over the limit, so the client gets a
         # readable too_large error instead of a dropped connection.
         self.maxMessagePayloadSize = self.factory.router.limits.max_message_size * 4
-        self.perMessageCompressionAccept = accept_shareable(
-            self.maxMessagePayloadSize, request.headers.get("sec-websocket-extensions")
-        )
+        extensions = request.headers.get("sec-websocket-extensions")
+        if extensions is not None:
+            # Without the header the factory's (the same, for no header) stays:
+            # Autobahn asks it only about offers, and there are none.
+            self.perMessageCompressionAccept = accept_shareable(self.maxMessagePayloadSize, extensions)
         if codec.NATIVE_SUBPROTOCOL in request.protocols:
             self._native = True
             return codec.NATIVE_SUBPROTOCOL
