@@ -86,7 +86,9 @@ class ImprotoService(service.Service):
 
     def _listening(self, port: IListeningPort) -> None:
         self.port = port
-        settle_the_heap()
+        # Once every service has started (the metrics endpoint listens after
+        # this one) and the reactor runs: the collection takes a moment.
+        self.reactor.callWhenRunning(settle_the_heap)
         address = port.getHost()
         _log.info(
             "improto listening on {host}:{port} ({description}), backend {backend}",
