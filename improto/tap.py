@@ -23,9 +23,11 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
+from improto import gctuning
 from improto.auth import announce, authenticator_from_options
 from improto.backends.interface import Retention
 from improto.backends.url import check_backend_url
+from improto.gctuning import DEFAULT_THRESHOLD
 from improto.router.durable import Durability
 from improto.router.limits import RouterLimits
 from improto.settings import Settings
@@ -111,6 +113,7 @@ _NUMBERS: dict[str, Callable[[str], float]] = {
     "idempotency-window": _non_negative_float,
     "history-page-max": _positive_int,
     "workers": _positive_int,
+    "gc-threshold": _non_negative_int,
 }
 
 
@@ -170,6 +173,9 @@ class Options(usage.Options):
          "Serve Prometheus metrics at /metrics: on a listening endpoint of its own that "
          "serves nothing else, e.g. tcp:9100:interface=127.0.0.1, or 'main' for the main "
          "port (public: anyone who can reach the chat can read them). Default: off."],
+        ["gc-threshold", None, str(DEFAULT_THRESHOLD),
+         "Allocations between the garbage collector's youngest collections (0 = Python's "
+         "default, 700); start-up objects are frozen too (see improto.gctuning)."],
         ["workers", None, "1", "Worker processes sharing --port, e.g. one per core; more than 1 needs "
          "a redis:// backend and a tcp: port (see improto.workers)."],
     ]
@@ -310,5 +316,6 @@ def build_service(options: Options, endpoint: Any = None, node_id: str | None = 
         metrics.watch(router)
         site.metrics = metrics
     endpoint = endpoint or endpoints.serverFromString(reactor, options["port"])
+    reactor.callWhenRunning(gctuning.tune, options["gc-threshold"])
     server = ImprotoService(router, endpoint, site, settings, reactor, options["port"])
     return with_metrics(server, metrics, options["metrics"], reactor)

@@ -229,6 +229,23 @@ def test_sigterm_closes_websockets_with_1001_and_exits_cleanly() -> None:
     assert "Closed 1 connections with 1001" in running.log()
 
 
+def test_the_server_tunes_its_garbage_collector_unless_told_not_to() -> None:
+    """``--gc-threshold`` (improto.gctuning): applied once the reactor runs, 0 keeps Python's."""
+    for args, expected in (((), "first-generation threshold 20000"), (("--gc-threshold", "0"), None)):
+        running = start_server(*args)
+        try:
+            # An answered request: the reactor runs, so callWhenRunning has fired.
+            with urllib.request.urlopen(f"{running.http}/healthz", timeout=TIMEOUT) as answer:
+                assert answer.status == 200
+        finally:
+            running.stop()
+        tuned = [line for line in running.log().splitlines() if "Garbage collector" in line]
+        if expected is None:
+            assert tuned == []
+        else:
+            assert len(tuned) == 1 and expected in tuned[0], tuned
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
