@@ -9,7 +9,6 @@ nothing.
 
 from __future__ import annotations
 
-import gc
 import os
 import sys
 from typing import Any
@@ -33,21 +32,6 @@ def _tell_the_terminal(line: str) -> None:
     stderr = sys.__stderr__ or sys.stderr
     stderr.write(line + "\n")
     stderr.flush()
-
-
-def settle_the_heap() -> None:
-    """
-    Move everything alive at start-up (modules, classes, the settings: about
-    100,000 objects) out of the garbage collector's sight (``gc.freeze``).
-    Each connection leaves a few objects in reference cycles (Autobahn's
-    protocol and its ``is_closed`` Deferred), so under connection churn the
-    collector runs, and every full collection walked the whole start-up heap
-    again (~90 ms each, ~30 µs per connection in ``benchmarks/micro.py``'s
-    site loop); what is frozen is never collected, and start-up objects live
-    as long as the process anyway. Garbage made before is collected first.
-    """
-    gc.collect()
-    gc.freeze()
 
 
 class ImprotoService(service.Service):
@@ -86,9 +70,6 @@ class ImprotoService(service.Service):
 
     def _listening(self, port: IListeningPort) -> None:
         self.port = port
-        # Once every service has started (the metrics endpoint listens after
-        # this one) and the reactor runs: the collection takes a moment.
-        self.reactor.callWhenRunning(settle_the_heap)
         address = port.getHost()
         _log.info(
             "improto listening on {host}:{port} ({description}), backend {backend}",

@@ -7,7 +7,6 @@ import weakref
 
 import pytest
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import succeed
 from twisted.internet.testing import StringTransport
 
 from improto import tap
@@ -60,42 +59,3 @@ def test_the_http_channel_is_freed_once_a_websocket_takes_over(site):
         assert site.pending.count("127.0.0.1") == 0
     finally:
         gc.enable()
-
-
-class _Port:
-    def getHost(self):
-        return IPv4Address("TCP", "127.0.0.1", 9000)
-
-
-class _Endpoint:
-    def listen(self, factory):
-        return succeed(_Port())
-
-
-class _Reactor:
-    running = False
-
-    def __init__(self):
-        self.when_running = []
-
-    def callWhenRunning(self, f, *args):
-        self.when_running.append((f, args))
-
-
-def test_once_running_the_start_up_heap_is_out_of_the_collectors_sight(built):
-    """gc.freeze: full collections under connection churn walk only what came after."""
-    from improto.service import ImprotoService
-    from improto.settings import Settings
-
-    reactor = _Reactor()
-    service = ImprotoService(built.router, _Endpoint(), built.site, Settings(), reactor)
-    gc.unfreeze()
-    try:
-        service.startService()
-        assert service.port is not None
-        assert gc.get_freeze_count() == 0  # not before every service has started
-        for f, args in reactor.when_running:
-            f(*args)
-        assert gc.get_freeze_count() > 1000
-    finally:
-        gc.unfreeze()
