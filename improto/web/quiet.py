@@ -31,13 +31,8 @@ is read, so whatever an upgrade adds to Autobahn's methods still runs;
 with debug logging on, the logged text is the same. The one method improto
 does re-state, for the per-frame ``log.debug`` call itself, is the
 open-connection path of ``sendData`` (``LinkProtocol.sendData``, while
-:data:`active`), hash-pinned like ``hltype``.
-
-``hlval`` (of both modules) is rebound to :func:`lazy_hlval`: of a ``str``
-or an ``int`` it is Autobahn's own f-string (~0.07 µs unless ``click`` is
-installed), but ``_connectionLost`` passes the ``Failure``, whose ``str()``
-formats a traceback (~10 µs per connection): anything but a ``str`` or an
-``int`` becomes a :class:`LazyText`.
+:data:`active`), hash-pinned like ``hltype``. ``hlval`` is left alone: it
+is an f-string (~0.07 µs) unless ``click`` is installed.
 
 What this relies on is pinned by ``tests/web/test_autobahn_quiet.py``: the
 names are those modules' globals and Autobahn's own helpers, ``hltype``'s
@@ -64,14 +59,13 @@ _log = Logger()
 
 #: Autobahn module -> the helper names in it that are rebound.
 PATCHED: dict[str, tuple[str, ...]] = {
-    "autobahn.websocket.protocol": ("hltype", "hlval", "pformat", "create_xor_masker"),
-    "autobahn.twisted.websocket": ("hltype", "hlval"),
+    "autobahn.websocket.protocol": ("hltype", "pformat", "create_xor_masker"),
+    "autobahn.twisted.websocket": ("hltype",),
 }
 
 #: The helpers those names are bound to in stock Autobahn.
 STOCK: dict[str, Callable[..., Any]] = {
     "hltype": autobahn.util.hltype,
-    "hlval": autobahn.util.hlval,
     "pformat": pprint.pformat,
     "create_xor_masker": autobahn.websocket.xormasker.create_xor_masker,
 }
@@ -120,15 +114,8 @@ def lazy_pformat(obj: Any, *args: Any, **kwargs: Any) -> Any:
     return pprint.pformat(obj, *args, **kwargs)
 
 
-def lazy_hlval(val: Any, *args: Any, **kwargs: Any) -> Any:
-    if type(val) is str or type(val) is int:
-        return autobahn.util.hlval(val, *args, **kwargs)
-    return LazyText(autobahn.util.hlval, val, *args, **kwargs)
-
-
 REBOUND: dict[str, Callable[..., Any]] = {
     "hltype": memo_hltype,
-    "hlval": lazy_hlval,
     "pformat": lazy_pformat,
     "create_xor_masker": framing.create_xor_masker,
 }

@@ -96,13 +96,11 @@ def a_connection(factory: WebSocketServerFactory, reason: Failure) -> StringTran
     return transport
 
 
-#: The code that formats Autobahn's debug text (hlval of a str or int, an
-#: f-string, aside; of a Failure, its traceback).
+#: The code that formats Autobahn's debug text (hlval, an f-string, aside).
 FORMATTERS = {
     autobahn.util.hltype.__code__,
     autobahn.util._qn.__code__,
     pprint.pformat.__code__,
-    Failure.getBriefTraceback.__code__,
 }
 
 
@@ -176,25 +174,23 @@ def _is_log_call(node: ast.AST) -> bool:
     )
 
 
-@pytest.mark.parametrize("helper", ["pformat", "hlval"])
-def test_every_lazy_helper_call_is_a_log_argument(helper) -> None:
+def test_every_pformat_is_a_log_argument() -> None:
     """A lazy result is only right where a log observer renders it; a new
     call elsewhere (its result used as a str) must be re-reviewed."""
     found = set()
     for module_name, names in quiet.PATCHED.items():
-        if helper not in names:
+        if "pformat" not in names:
             continue
         source = textwrap.dedent(inspect.getsource(importlib.import_module(module_name)))
         for scope, call, ancestors in _enclosing_calls(ast.parse(source)):
-            if not (isinstance(call.func, ast.Name) and call.func.id == helper):
+            if not (isinstance(call.func, ast.Name) and call.func.id == "pformat"):
                 continue
             if any(_is_log_call(a) for a in ancestors):
                 continue
             site = (module_name, call.func.id, scope)
             assert site in NOT_LOGGED, f"{call.func.id}() at {module_name}:{call.lineno} ({scope}) is not a log argument: {REVIEW}"
             found.add(site)
-    pinned = {site for site in NOT_LOGGED if site[1] == helper}
-    assert found == pinned, f"pinned call sites are gone: {pinned - found}: {REVIEW}"
+    assert found == NOT_LOGGED, f"pinned call sites are gone: {NOT_LOGGED - found}: {REVIEW}"
 
 
 def test_install_leaves_a_helper_it_does_not_know_and_says_so(stock, monkeypatch, caplog_events):
@@ -298,15 +294,6 @@ def test_timings_still_format_as_text() -> None:
     timings.track("onOpen")
     assert str(timings) == pprint.pformat(timings._timings)
     assert "onOpen" in str(timings)
-
-
-def test_lazy_hlval_renders_like_autobahns() -> None:
-    failure = Failure(ConnectionLost("gone"))
-    assert quiet.lazy_hlval("peer") == autobahn.util.hlval("peer")
-    assert quiet.lazy_hlval(42, color="red") == autobahn.util.hlval(42, color="red")
-    text = quiet.lazy_hlval(failure)
-    assert isinstance(text, quiet.LazyText)
-    assert str(text) == f"{text}" == autobahn.util.hlval(failure)
 
 
 def test_lazy_text_renders_like_the_helper() -> None:
