@@ -12,11 +12,16 @@ kept for old command lines: twisted.web's HTTP channel sets TCP_NODELAY on
 every accepted socket, and improto's ``LinkProtocol.tcpNoDelay`` again.
 ``--history-size N`` is passed to twistd: ``0`` turns history off (plain
 at-most-once pub/sub), for the history on/off comparison.
+``IMPROTO_BENCH_BUFFERED_WRITES=1`` in the environment (inherited from
+``run.py``) turns off ``improto.web.flush`` (``flush.enabled = False``):
+every broadcast buffered by ``transport.write`` as before that policy,
+the "before" of its A/B runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -57,6 +62,10 @@ def main() -> None:
     find_plugin()
     if args.stock_autobahn:
         use_stock_autobahn()
+    if os.environ.get("IMPROTO_BENCH_BUFFERED_WRITES") == "1":
+        from improto.web import flush
+
+        flush.enabled = False
     from twisted.scripts.twistd import run
 
     sys.argv = [

@@ -228,3 +228,36 @@ class IBackend(Interface):
 
     def last_seen(user: str) -> Deferred[int | None]:
         """The cursor of :meth:`mark_seen`, or None if not seen within its ttl."""
+
+
+class IImmediateBackend(Interface):
+    """
+    Optional, for a backend whose calls never wait on a network (the memory
+    backend): three of :class:`IBackend`'s calls answered at once, for the
+    router's per-message paths, where a Deferred and its callbacks cost more
+    than the in-memory work they carry (``benchmarks/micro.py --ops private``).
+
+    Each has exactly the effects of its :class:`IBackend` namesake, and
+    returns what that one's Deferred would fire with, or raises what it
+    would fail with (:class:`BackendUnavailable`). Subscribers' callbacks
+    run inside the call, as the contract allows for ``publish``.
+    """
+
+    def publish_now(channel: str, envelope: Envelope) -> int:
+        """:meth:`IBackend.publish`, answered at once."""
+
+    def append_now(
+        stream: str, channel: str, envelope: Envelope,
+        idempotency_key: str | None = None, idempotency_ttl: float = 0,
+    ) -> Appended:
+        """:meth:`IBackend.append`, answered at once."""
+
+    def last_seen_now(user: str) -> int | None:
+        """:meth:`IBackend.last_seen`, answered at once."""
+
+    def subscribers_now(channel: str) -> int:
+        """
+        How many nodes subscribe to ``channel`` now: what ``publish_now``
+        would return. Lets the router skip a publish nobody would receive
+        (nothing is stored by a publish, so skipping it changes nothing).
+        """

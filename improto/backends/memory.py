@@ -24,6 +24,7 @@ from improto.backends.interface import (
     EnvelopeCallback,
     HistoryPage,
     IBackend,
+    IImmediateBackend,
     Retention,
     positioned,
 )
@@ -39,12 +40,15 @@ class MemoryHub:
     streams: MemoryStreams = attrs.field(factory=MemoryStreams)
 
 
-@implementer(IBackend)
+@implementer(IBackend, IImmediateBackend)
 class MemoryBackend:
     """
     Delivers synchronously, inside ``publish`` (before its Deferred fires:
     the contract allows either order); never loses a frame. Like every
     backend it refuses publish, subscribe and presence calls once stopped.
+    The ``*_now`` calls (:class:`IImmediateBackend`) are the same calls
+    without a Deferred: each Deferred-returning one is its ``_now`` twin's
+    answer wrapped.
     """
 
     def __init__(self, hub: MemoryHub | None = None, node_id: str | None = None) -> None:
@@ -77,8 +81,16 @@ class MemoryBackend:
 
     def publish(self, channel: str, envelope: Envelope) -> Deferred[int]:
         if self._state is not BackendState.OK:
-            return fail(BackendUnavailable(f"cannot publish: memory backend is {self._state.value}"))
+            return fail(self._unavailable("publish"))
         return succeed(self._deliver(channel, envelope))
+
+    def publish_now(self, channel: str, envelope: Envelope) -> int:
+        if self._state is not BackendState.OK:
+            raise self._unavailable("publish")
+        return self._deliver(channel, envelope)
+
+    def _unavailable(self, what: str) -> BackendUnavailable:
+        return BackendUnavailable(f"cannot {what}: memory backend is {self._state.value}")
 
     def _deliver(self, channel: str, envelope: Envelope) -> int:
         listeners = self.hub.channels.get(channel)
@@ -142,24 +154,38 @@ class MemoryBackend:
         idempotency_key: str | None = None, idempotency_ttl: float = 0,
     ) -> Deferred[Appended]:
         if self._state is not BackendState.OK:
-            return fail(BackendUnavailable(f"cannot append: memory backend is {self._state.value}"))
+            return fail(self._unavailable("append"))
+        return succeed(self._append(stream, channel, envelope, idempotency_key, idempotency_ttl))
+
+    def append_now(
+        self, stream: str, channel: str, envelope: Envelope,
+        idempotency_key: str | None = None, idempotency_ttl: float = 0,
+    ) -> Appended:
+        if self._state is not BackendState.OK:
+            raise self._unavailable("append")
+        return self._append(stream, channel, envelope, idempotency_key, idempotency_ttl)
+
+    def _append(
+        self, stream: str, channel: str, envelope: Envelope,
+        idempotency_key: str | None, idempotency_ttl: float,
+    ) -> Appended:
         streams = self.hub.streams
         if idempotency_key is not None:
             idempotency_key = f"{stream}\n{idempotency_key}"  # per stream, as on Redis
         original = streams.duplicate(idempotency_key)
         if original is not None:
-            return succeed(original)
+            return original
         seq = streams.next_seq(stream)
         published = positioned(envelope, stream, seq)
         if self.retention.enabled:
             streams.store(stream, seq, published, self.retention)
         if idempotency_key is None:
-            return succeed(Appended(seq, self._deliver(channel, published)))
+            return Appended(seq, self._deliver(channel, published))
         # Reserve the key before delivering: a callback may retry at once.
         streams.remember(idempotency_key, Appended(seq, 0), idempotency_ttl)
         appended = Appended(seq, self._deliver(channel, published))
         streams.remember(idempotency_key, appended, idempotency_ttl)
-        return succeed(appended)
+        return appended
 
     def history(
         self, stream: str, after_seq: int, limit: int, before_seq: int | None = None
@@ -174,3 +200,11 @@ class MemoryBackend:
 
     def last_seen(self, user: str) -> Deferred[int | None]:
         return succeed(self.hub.streams.last_seen(user))
+
+    def last_seen_now(self, user: str) -> int | None:
+        return self.hub.streams.last_seen(user)
+
+    def subscribers_now(self, channel: str) -> int:
+        if self._state is not BackendState.OK:
+            return 0
+        return len(self.hub.channels.get(channel) or ())

@@ -185,7 +185,9 @@ def decode(text: str, native: bool = False) -> Command:
     other frame that is not a seed command is plain text, sent to the
     lobby verbatim.
     """
-    if jsontext.has_surrogate(text):
+    # Most frames cannot hold a surrogate (jsontext.suspect): they skip the scans.
+    suspect = jsontext.suspect(text)
+    if suspect and jsontext.has_surrogate(text):
         raise ProtocolError(
             ErrorCode.BAD_MESSAGE, "The frame contains a lone surrogate; it must be Unicode text."
         )
@@ -204,10 +206,12 @@ def decode(text: str, native: bool = False) -> Command:
         to_user = obj["to_user"]
         if not isinstance(to_user, str) or not to_user:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "Field 'to_user' must be a non-empty string.")
-        _check_unicode(obj, text, None)
+        if suspect:
+            _check_unicode(obj, text, None)
         return SendToUser(normalize_name(to_user), obj.get("msg"))
     if "msg" in obj:
-        _check_unicode(obj, text, None)
+        if suspect:
+            _check_unicode(obj, text, None)
         return SendToGroup(LOBBY, obj["msg"])
     # The 004 server forwarded any frame verbatim; so do we.
     return SendToGroup(LOBBY, text)

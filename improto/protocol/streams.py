@@ -13,6 +13,7 @@ from typing import Any
 
 import attrs
 
+from improto.protocol import codec
 from improto.protocol.codec import ErrorCode, ProtocolError, encode
 from improto.protocol.commands import _group
 from improto.protocol.names import MAX_GROUP_LENGTH, check_name, normalize_name
@@ -140,12 +141,12 @@ def positioned(data: bytes, stream: str, seq: int) -> bytes:
 
 
 def encode_str(text: str) -> bytes:
-    return encode({"s": text})[5:-1]
+    return codec.encode_texts({"s": text})[5:-1]
 
 
 def ack(request_id: str, stream: str, seq: int, stored: bool) -> bytes:
     status = "stored" if stored else "delivered"
-    return encode({"type": "ack", "id": request_id, "seq": seq, "stream": stream, "status": status})
+    return codec.encode_texts({"type": "ack", "id": request_id, "seq": seq, "stream": stream, "status": status})
 
 
 def history_reply(

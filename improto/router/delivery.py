@@ -5,7 +5,7 @@ Delivery: envelopes from the backend to local connections, and the replies
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Sequence
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -27,7 +27,7 @@ def send_each(links: Sequence[SessionLink], data: bytes, binary: bool) -> None:
         link.send_frame(data, binary)
 
 
-def deliver(sessions: Iterable[Session], envelope: Envelope, table: SessionTable) -> int:
+def deliver(sessions: Collection[Session], envelope: Envelope, table: SessionTable) -> int:
     """
     Hand ``envelope`` to every one of ``sessions`` it is meant for. Links of
     one class get it through that class's ``broadcast``, so a frame is
@@ -40,6 +40,9 @@ def deliver(sessions: Iterable[Session], envelope: Envelope, table: SessionTable
     native_only = envelope.audience is Audience.NATIVE
     if native_only and not table.native_count:
         return 0
+    if len(sessions) == 1:
+        for only in sessions:
+            return _deliver_one(only, envelope, native_only)
     stored = envelope.seq is not None
     by_class: dict[type, list[SessionLink]] = {}
     #: Native links of a stored envelope: they get it with its position.
@@ -58,6 +61,25 @@ def deliver(sessions: Iterable[Session], envelope: Envelope, table: SessionTable
         data = streams.positioned(envelope.data, envelope.stream or "", envelope.seq or 0)
         handed += _broadcast(positioned, data, envelope.binary)
     return handed
+
+
+def _deliver_one(s: Session, envelope: Envelope, native_only: bool) -> int:
+    """:func:`deliver` to one session (a user's only connection, the common
+    private message): the same choices, without the grouping by class."""
+    if s.id == envelope.exclude_session or (native_only and not s.native):
+        return 0
+    data = envelope.data
+    if envelope.seq is not None and s.native:
+        if s.replay is not None and s.replay.hold(envelope):
+            return 0
+        data = streams.positioned(data, envelope.stream or "", envelope.seq)
+    link = s.link
+    broadcast = getattr(type(link), "broadcast", None)
+    if broadcast is None:
+        link.send_frame(data, envelope.binary)
+    else:
+        broadcast([link], data, envelope.binary)
+    return 1
 
 
 def _broadcast(by_class: dict[type, list[SessionLink]], data: bytes, binary: bool) -> int:

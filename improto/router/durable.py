@@ -15,12 +15,14 @@ sends take the plain at-most-once path.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
-from improto.backends.interface import Appended, Audience, Envelope
+from improto.backends.interface import Appended, Audience, Envelope, IImmediateBackend
 from improto.protocol import codec, streams
 from improto.protocol.codec import ErrorCode, ProtocolError
 from improto.router.channels import group_channel, user_channel
@@ -50,6 +52,8 @@ class DurableMessages:
     def __init__(self, router: Router, settings: Durability) -> None:
         self._router = router
         self._backend = router.backend
+        #: The backend, if it answers at once (see :mod:`.inbound`), else None.
+        self._now: IImmediateBackend | None = IImmediateBackend(router.backend, None)
         self._replies = router.replies
         self.settings = settings
         self.tracker = StreamTracker(router.backend, self._reset)
@@ -146,33 +150,61 @@ class DurableMessages:
 
     def send_to_user(
         self, session: Session, to: str, envelope: Envelope, request_id: str | None,
-        unknown: Any,
+        unknown: Callable[[], None],
     ) -> None:
         """
         Store and deliver a private message to a user seen within the inbox
         lifetime; for anyone else call ``unknown()`` (the live-only path,
         which refuses users that are not online).
         """
-        stream, mine = user_channel(to), user_channel(session.user)
-
-        def known(cursor: int | None) -> Deferred[None] | None:
+        if self._now is None:
+            self._backend.last_seen(to).addCallback(
+                self._known, session, to, envelope, request_id, unknown,
+            ).addErrback(self._replies.failed, session, request_id)
+            return
+        try:
+            cursor = self._now.last_seen_now(to)
             if cursor is None and to != session.user:
                 unknown()
-                return None
-            d = self._backend.append(
-                stream, stream, envelope, self._key(session, request_id),
+                return
+            result = self._now.append_now(
+                user_channel(to), user_channel(to), envelope, self._key(session, request_id),
                 self.settings.idempotency_window)
-            return d.addCallback(appended)
+        except Exception:
+            self._replies.failed(Failure(), session, request_id)
+            return
+        self._appended(result, session, to, envelope, request_id)
 
-        def appended(result: Appended) -> None:
-            if not result.duplicate and to != session.user:
-                # The sender's other devices (and its own resume) see it too.
-                copy = attrs.evolve(envelope, audience=Audience.NATIVE)
+    def _known(
+        self, cursor: int | None, session: Session, to: str, envelope: Envelope,
+        request_id: str | None, unknown: Callable[[], None],
+    ) -> Deferred[None] | None:
+        if cursor is None and to != session.user:
+            unknown()
+            return None
+        stream = user_channel(to)
+        d = self._backend.append(
+            stream, stream, envelope, self._key(session, request_id), self.settings.idempotency_window)
+        return d.addCallback(self._appended, session, to, envelope, request_id)
+
+    def _appended(
+        self, result: Appended, session: Session, to: str, envelope: Envelope,
+        request_id: str | None,
+    ) -> None:
+        if not result.duplicate and to != session.user:
+            # The sender's other devices (and its own resume) see it too.
+            e = envelope
+            copy = Envelope(e.origin_node, e.origin_session, e.data, e.binary, Audience.NATIVE,
+                            e.exclude_session)
+            mine = user_channel(session.user)
+            if self._now is None:
                 self._backend.append(mine, mine, copy).addErrback(self._replies.failed, None, None)
-            self._acked(session, request_id, stream, result)
-
-        self._backend.last_seen(to).addCallback(known).addErrback(
-            self._replies.failed, session, request_id)
+            else:
+                try:
+                    self._now.append_now(mine, mine, copy)
+                except Exception:
+                    self._replies.failed(Failure(), None, None)
+        self._acked(session, request_id, user_channel(to), result)
 
     # -- history requests ---------------------------------------------------------
 

@@ -5,6 +5,10 @@ One :class:`Inbound` per router. It charges every frame to the sender's
 rate limit (echo connections included), checks its size, decodes it, and
 routes the command to the backend; every request ends in exactly one ack
 or one error frame for a native client.
+
+A backend that answers at once (:class:`IImmediateBackend`, the memory
+backend) is called without Deferreds on the private path: the same calls,
+the same continuations, one Deferred and its callbacks fewer per call.
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
-from improto.backends.interface import Audience, Envelope
+from improto.backends.interface import Audience, Envelope, IImmediateBackend
 from improto.protocol import codec, streams
 from improto.protocol.codec import ErrorCode, ProtocolError
 from improto.router.channels import echo_channel, group_channel, user_channel
@@ -29,6 +34,8 @@ class Inbound:
     def __init__(self, router: Router) -> None:
         self._router = router
         self._backend = router.backend
+        #: The backend, if it answers at once (else None: Deferreds).
+        self._now: IImmediateBackend | None = IImmediateBackend(router.backend, None)
         self._limits = router.limits
         self._replies = router.replies
 
@@ -36,7 +43,7 @@ class Inbound:
         # Every frame costs a token before any work is done on it, so a
         # flood of frames that are refused (too large, undecodable) is
         # throttled like a flood of good ones.
-        if not self._take_token(session, text):
+        if session.bucket.rate > 0 and not self._take_token(session, text):  # rate 0: no limit
             return
         if session.echo:
             self._echo(session, text.encode("utf-8"), binary=False)
@@ -155,7 +162,7 @@ class Inbound:
 
     def _send_to_user(self, session: Session, command: codec.SendToUser) -> None:
         data = codec.private_message(session.user, command.to, command.msg)
-        envelope = Envelope(self._backend.node_id, session.id, data, exclude_session=session.id)
+        envelope = Envelope(self._backend.node_id, session.id, data, False, Audience.ALL, session.id)
         self._router.metrics.message_in("private")
         if self._router.durable.enabled:
             self._router.durable.send_to_user(
@@ -166,31 +173,68 @@ class Inbound:
 
     def _publish_private(self, session: Session, command: codec.SendToUser, envelope: Envelope) -> None:
         """The live-only path: delivered to whoever is online now, or refused."""
-        d = self._backend.publish(user_channel(command.to), envelope)
-
-        def delivered(receivers: int) -> None:
-            if receivers == 0:
-                self._replies.refuse(
-                    session,
-                    ProtocolError(
-                        ErrorCode.UNKNOWN_USER,
-                        f"User '{command.to}' is not online; the message was not delivered.",
-                        command.id,
-                    ),
-                )
+        channel = user_channel(command.to)
+        if self._now is not None:
+            try:
+                receivers = self._now.publish_now(channel, envelope)
+            except Exception:
+                self._replies.failed(Failure(), session, command.id)
                 return
-            if command.to != session.user:
-                # The sender's other devices see what was sent from this one.
-                copy = Envelope(
-                    envelope.origin_node, envelope.origin_session, envelope.data,
-                    envelope.binary, Audience.NATIVE, envelope.exclude_session,
-                )
-                self._backend.publish(user_channel(session.user), copy).addErrback(
-                    self._replies.failed, None, None
-                )
-            self._replies.ack(session, command.id)
+            self._delivered(receivers, session, command, envelope)
+            return
+        self._backend.publish(channel, envelope).addCallbacks(
+            self._delivered, self._replies.failed,
+            callbackArgs=(session, command, envelope), errbackArgs=(session, command.id),
+        )
 
-        d.addCallbacks(delivered, self._replies.failed, errbackArgs=(session, command.id))
+    def _delivered(
+        self, receivers: int, session: Session, command: codec.SendToUser, envelope: Envelope
+    ) -> None:
+        if receivers == 0:
+            self._replies.refuse(
+                session,
+                ProtocolError(
+                    ErrorCode.UNKNOWN_USER,
+                    f"User '{command.to}' is not online; the message was not delivered.",
+                    command.id,
+                ),
+            )
+            return
+        if command.to != session.user:
+            # The sender's other devices see what was sent from this one.
+            channel = user_channel(session.user)
+            if self._now is None:
+                self._backend.publish(channel, self._copy(envelope)).addErrback(
+                    self._replies.failed, None, None)
+            elif not self._reaches_nobody(session, channel):
+                try:
+                    self._now.publish_now(channel, self._copy(envelope))
+                except Exception:
+                    self._replies.failed(Failure(), None, None)
+        self._replies.ack(session, command.id)
+
+    @staticmethod
+    def _copy(envelope: Envelope) -> Envelope:
+        """The sender's copy: the same frame, for native sessions only."""
+        e = envelope
+        return Envelope(e.origin_node, e.origin_session, e.data, e.binary, Audience.NATIVE,
+                        e.exclude_session)
+
+    def _reaches_nobody(self, session: Session, channel: str) -> bool:
+        """
+        Whether the sender's copy (native sessions of the sender but this
+        one) would reach nobody: only this node subscribes to the sender's
+        channel (it does, while ``session`` is open) and no other native
+        session of the sender is here. Asked of an immediate backend only;
+        a live publish stores nothing, so a skipped one changes nothing.
+        """
+        now = self._now
+        if now is None or now.subscribers_now(channel) != 1:
+            return False
+        for other in self._router.sessions_of(session.user):
+            if other.native and other is not session:
+                return False
+        return True
 
     def _join(self, session: Session, command: codec.Join) -> None:
         if command.group in session.groups:

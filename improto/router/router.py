@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import itertools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -73,6 +73,10 @@ class Router:
     def sessions(self) -> Mapping[str, Session]:
         """Every open session on this node, by id (read-only)."""
         return self._table.by_id
+
+    def sessions_of(self, user: str) -> Collection[Session]:
+        """The open sessions of ``user`` on this node (read-only)."""
+        return self._table.of_user(user)
 
     @property
     def channels_held(self) -> int:
@@ -262,8 +266,8 @@ class Router:
         self.metrics.delivered("group", deliver(self._groups.members(group), envelope, self._table))
 
     def _to_user(self, user: str, envelope: Envelope) -> None:
-        if envelope.seq is None:
-            self._fan_out_user(user, envelope)
+        if envelope.seq is None:  # _fan_out_user, one call less per private message
+            self.metrics.delivered("private", deliver(self._table.of_user(user), envelope, self._table))
             return
         self.durable.tracker.receive(envelope, functools.partial(self._fan_out_user, user))
 

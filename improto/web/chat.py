@@ -25,6 +25,7 @@ from improto.protocol.codec import ProtocolError
 from improto.router import Router, Session, Ticket
 from improto.router.settled import PENDING, result_of
 from improto.settings import Settings
+from improto.web import flush
 from improto.web.framing import accept_as_offered, accept_shareable
 from improto.web.limits import ConnectionCounter, OncePerKey, http_response, peer_host
 from improto.web.link import LinkProtocol
@@ -216,6 +217,8 @@ class ChatServerFactory(WebSocketServerFactory):
         super().__init__(reactor=reactor)
         self.router = router
         self.options = options
+        #: Which broadcasts send at once (fan-out latency).
+        self.turns = flush.Turns(reactor)
         self.origins = OriginPolicy(options.allowed_origins)
         self.per_address = ConnectionCounter(options.max_connections_per_ip)
         self.per_user = ConnectionCounter(options.max_connections_per_user)

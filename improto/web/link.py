@@ -20,21 +20,43 @@ import txaio
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.util import encode_truncate
 from autobahn.websocket.compress import PerMessageDeflate
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from improto.router import Router, Session
-from improto.web import quiet
+from improto.web import flush, quiet
 from improto.web.framing import ContextFreeDeflate, compressed_frame, deflate
 
 _log = Logger()
 quiet.install()
 _OPEN = WebSocketServerProtocol.STATE_OPEN
 _DEBUG_LEVELS = frozenset(("debug", "trace"))
+
+
+class _Succeeded(Deferred[list[Any]]):
+    """
+    A Deferred that has fired with a success and has no callbacks waiting:
+    an errback added to it would be skipped at once, so :meth:`addErrback`
+    adds none (one ``_runCallbacks`` pass fewer per message received).
+    """
+
+    def addErrback(  # type: ignore[override]
+        self, errback: Any, *args: Any, **kwargs: Any
+    ) -> Deferred[list[Any]]:
+        if self.called and not self.paused and not isinstance(self.result, Failure):
+            return self
+        return super().addErrback(errback, *args, **kwargs)
+
+
 #: What ``fire`` returns while nobody listens: stock Autobahn's own result
 #: (a fired Deferred of ``[]``), made once. Autobahn only adds an errback,
 #: which a success skips, so the shared result never changes.
-_NO_LISTENERS: Deferred[list[Any]] = succeed([])
+_NO_LISTENERS: Deferred[list[Any]] = _Succeeded()
+_NO_LISTENERS.callback([])
+#: True while a broadcast sends at once where a member has nothing
+#: buffered (:class:`improto.web.flush.Turns` says which do).
+_sending_now = False
 
 
 class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
@@ -148,8 +170,25 @@ class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         ):
             super().sendData(data, sync, chopsize)
             return
-        self.transport.write(data)
+        if _sending_now:
+            flush.write(self.transport, data)
+        else:
+            self.transport.write(data)
         self.trafficStats.outgoingOctetsWireLevel += len(data)
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Autobahn's ``dataReceived`` (of ``WebSocketAdapterProtocol``) is a
+        ``log.debug`` call and ``self._dataReceived(data)``; the call's
+        arguments (``hltype`` and two ``hlval``) are built on every read even
+        with nothing logged. While :mod:`improto.web.quiet` is active and debug
+        logging is off this is the second line alone; otherwise Autobahn's.
+        Its source is hash-pinned in ``tests/web/test_autobahn_quiet.py``.
+        """
+        if quiet.active and txaio.get_global_log_level() not in _DEBUG_LEVELS:  # type: ignore[attr-defined]
+            self._dataReceived(data)
+            return
+        super().dataReceived(data)
 
     def _drop_slow_consumer(self) -> None:
         if self._dropping:
@@ -199,6 +238,16 @@ class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         frame it once per context-free compression setting (see
         :mod:`improto.web.framing` for why that one is ours).
         """
+        global _sending_now
+        turns = getattr(links[0].factory, "turns", None) if links else None
+        _sending_now = turns is not None and turns.direct()
+        try:
+            cls._broadcast(links, data, binary)
+        finally:
+            _sending_now = False
+
+    @staticmethod
+    def _broadcast(links: Sequence[Any], data: bytes, binary: bool) -> None:
         prepared: Any = None
         compressed: dict[tuple[int, int], bytes] = {}
         for link in links:

@@ -9,6 +9,9 @@ import pytest
 from improto.protocol import codec
 from improto.protocol.codec import ErrorCode, ProtocolError
 
+#: Every test here with orjson and with the json module alone (conftest.py).
+pytestmark = pytest.mark.usefixtures("json_library")
+
 
 @pytest.mark.parametrize(
     "text, command",

@@ -10,6 +10,9 @@ import pytest
 from improto.protocol import codec, jsontext
 from improto.protocol.codec import ErrorCode, ProtocolError
 
+#: Every test here with orjson and with the json module alone (conftest.py).
+pytestmark = pytest.mark.usefixtures("json_library")
+
 DEEP = 1000
 
 

@@ -9,6 +9,9 @@ import pytest
 from improto.router import RouterLimits
 from tests.fakes import FakeClock, FakeLink, make_router
 
+#: Every test here with the memory backend's immediate calls and with Deferreds (conftest.py).
+pytestmark = pytest.mark.usefixtures("backend_calls")
+
 DEEP = 1000
 
 

@@ -14,6 +14,9 @@ from improto.router import Router
 from improto.router.durable import Durability
 from improto.testing import FakeClock, FakeLink
 
+#: Every test here with the memory backend's immediate calls and with Deferreds (conftest.py).
+pytestmark = pytest.mark.usefixtures("backend_calls")
+
 
 def make(retention: Retention | None = None, hub: MemoryHub | None = None, backend: Any = None,
          **durability: Any) -> Router:

@@ -11,6 +11,9 @@ from improto.backends.memory import MemoryBackend, MemoryHub
 from improto.router import Router, RouterLimits
 from tests.fakes import FakeClock, FakeLink, make_router
 
+#: Every test here with the memory backend's immediate calls and with Deferreds (conftest.py).
+pytestmark = pytest.mark.usefixtures("backend_calls")
+
 
 def connect(router, user, native=False):
     link = FakeLink()
@@ -269,6 +272,59 @@ class TestDelivery:
         send(router, sa, {"type": "send", "group": "lobby", "msg": "lost?", "id": "1"})
         [error] = a.take()
         assert error["code"] == "backend_unavailable" and error["id"] == "1"
+
+    @pytest.mark.parametrize("bob_native", [True, False])  # stored (append) or live (publish)
+    def test_backend_failure_of_a_private_message_is_an_error_frame(self, router, bob_native):
+        a, sa = connect(router, "alice", native=True)
+        b, _ = connect(router, "bob", native=bob_native)
+        a.take()
+        router.backend.stop()
+        send(router, sa, {"type": "private", "to": "bob", "msg": "lost?", "id": "1"})
+        [error] = a.take()
+        assert error["code"] == "backend_unavailable" and error["id"] == "1"
+        assert "temporarily unavailable" in error["reason"]
+
+    @pytest.mark.parametrize("bob_native", [True, False])
+    def test_private_messages_skip_deferreds_on_an_immediate_backend(
+        self, router, backend_calls, bob_native, monkeypatch
+    ):
+        a, sa = connect(router, "alice", native=True)
+        a2, _ = connect(router, "alice", native=True)
+        b, _ = connect(router, "bob", native=bob_native)
+        for link in (a, a2, b):
+            link.take()
+        calls = []
+        for name in ("publish", "append", "last_seen"):
+            original = getattr(router.backend, name)
+            monkeypatch.setattr(router.backend, name,
+                                lambda *args, _o=original, _n=name: calls.append(_n) or _o(*args))
+        send(router, sa, {"type": "private", "to": "bob", "msg": "hi", "id": "1"})
+        assert [f["msg"] for f in b.take()] == ["hi"]
+        assert [f["msg"] for f in a2.take()] == ["hi"]  # the sender's other device
+        assert [f["type"] for f in a.take()] == ["ack"]
+        assert (calls == []) == (backend_calls == "immediate")
+
+    @pytest.mark.parametrize("where", ["nowhere", "here", "other node"])
+    def test_the_senders_copy_is_skipped_only_when_it_reaches_nobody(
+        self, where, backend_calls, monkeypatch
+    ):
+        hub = MemoryHub()
+        here, there = make_router(hub), make_router(hub)
+        _, sa = connect(here, "alice")  # a seed page: it gets no copy itself
+        b, _ = connect(here, "bob")
+        other = FakeLink()
+        if where != "nowhere":
+            other, _ = connect(here if where == "here" else there, "alice", native=True)
+        other.take()
+        published = []
+        original = here.backend.publish_now
+        monkeypatch.setattr(here.backend, "publish_now",
+                            lambda channel, e: published.append(channel) or original(channel, e))
+        send(here, sa, {"to_user": "bob", "msg": "hi"})
+        assert [f["msg"] for f in b.take()] == ["hi"]
+        assert [f["msg"] for f in other.take()] == ([] if where == "nowhere" else ["hi"])
+        if backend_calls == "immediate":
+            assert published == ["user:bob"] + ([] if where == "nowhere" else ["user:alice"])
 
     def test_server_side_publish_to_group_and_user(self, router):
         a, _ = connect(router, "alice")

@@ -449,3 +449,50 @@ def test_a_message_listener_is_called_as_on_stock_autobahn() -> None:
     protocol.on("message", lambda payload, is_binary: heard.append((payload, is_binary)))
     protocol.dataReceived(wsframes.client_frame(b'{"msg": "hi"}'))
     assert heard == [(b'{"msg": "hi"}', False)]
+
+
+def test_errbacks_on_the_shared_result_are_skipped_as_twisted_would() -> None:
+    from improto.web.link import _NO_LISTENERS
+
+    heard: list[Any] = []
+    assert _NO_LISTENERS.addErrback(heard.append) is _NO_LISTENERS
+    _NO_LISTENERS.addCallback(lambda result: heard.append(result) or result)
+    assert len(heard) == 1 and heard[0] is _NO_LISTENERS.result  # no errback ran, result kept
+
+
+#: sha256 of Autobahn's WebSocketAdapterProtocol.dataReceived (a log.debug call and
+#: self._dataReceived(data)), which LinkProtocol.dataReceived re-states, as reviewed.
+REVIEWED_DATA_RECEIVED = "7997f762de21843361fe9d6bc8df40f6517cafe310d76eb61b292aa8cecf9661"
+
+
+def test_data_received_is_the_reviewed_one() -> None:
+    from autobahn.twisted.websocket import WebSocketAdapterProtocol
+
+    source = inspect.getsource(WebSocketAdapterProtocol.dataReceived)
+    assert hashlib.sha256(source.encode()).hexdigest() == REVIEWED_DATA_RECEIVED, (
+        f"{REVIEW}: Autobahn's dataReceived changed; LinkProtocol.dataReceived re-states it"
+    )
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_reads_skip_autobahns_data_received_unless_debugging(debug: bool) -> None:
+    from autobahn.twisted.websocket import WebSocketAdapterProtocol
+
+    protocol, transport = _chat_connection("/ws/alice")
+    heard: list[tuple[bytes, bool]] = []
+    protocol.on("message", lambda payload, is_binary: heard.append((payload, is_binary)))
+    calls = []
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code is WebSocketAdapterProtocol.dataReceived.__code__:
+            calls.append(1)
+
+    txaio.set_global_log_level("debug" if debug else "info")
+    sys.setprofile(profile)
+    try:
+        protocol.dataReceived(wsframes.client_frame(b'{"msg": "hi"}'))
+    finally:
+        sys.setprofile(None)
+        txaio.set_global_log_level("info")
+    assert heard == [(b'{"msg": "hi"}', False)]
+    assert len(calls) == (1 if debug else 0)

@@ -1,0 +1,138 @@
+"""
+Writing a frame to the socket at once when its connection has nothing
+buffered: fan-out latency.
+
+Twisted's ``transport.write`` only appends to the transport's buffer and
+asks the reactor to watch the socket for writability; the bytes leave in
+``doWrite`` on the reactor's next turn. A broadcast to 1,000 members thus
+queues all 1,000 frames before the first leaves, so every member waits
+for the whole loop (and then for its turn among 1,000 ``doWrite`` calls,
+each with two ``epoll_ctl`` calls around its ``send``): at 10 messages/s
+to 1,000 members p50 was ~20 ms against ~8 ms for the ``websockets``
+library, which sends at once when a connection's buffer is empty.
+
+:func:`write` does the same: on a plain TCP connection whose buffer is
+empty it hands the bytes to the socket now (``socket.send``) and gives
+whatever the kernel did not take to ``transport.write``, so from then on
+the connection is Twisted's as before: buffered in order, its producer
+paused past ``bufferSize`` (the slow-consumer drop in
+:mod:`improto.web.link` still counts from that pause), and an error left
+for ``doWrite`` to meet and report as the connection's loss. A frame never
+overtakes bytes already buffered: with anything buffered it is written
+with ``transport.write`` behind them. Anything that is not a plain
+``tcp.Connection`` (TLS, whose bytes must go through the TLS layer, a
+wrapper, a test's ``StringTransport``) always gets ``transport.write``.
+
+Only broadcasts (``LinkProtocol.broadcast``: group and private
+deliveries) send at once, and only those :class:`Turns` picks: under load
+several broadcasts come in one reactor turn, and buffering them lets one
+``send`` per member carry them all, which fan-out throughput depends on.
+Single frames (acks, errors, pings, handshakes) are written as before.
+
+Whether the buffer is empty is not public API: :func:`idle_socket` reads
+Twisted's buffer attributes, in this one place, and is pinned by
+``tests/web/test_flush.py`` (the reviewed sources of the Twisted methods
+that keep those attributes, and their behaviour on a real socket). When
+an attribute is missing it answers None: plain ``transport.write``.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet import tcp
+
+#: Whether broadcasts may send at once (False: always ``transport.write``,
+#: the benchmarks' "before"; see ``benchmarks/servers/improto_server.py``).
+enabled = True
+
+
+#: Turns of at most one broadcast after a burst before broadcasts send at
+#: once again (see :class:`Turns`).
+QUIET_TURNS = 4
+
+
+class Turns:
+    """
+    Which broadcasts send at once: the first of a reactor turn, once the
+    last :data:`QUIET_TURNS` turns with broadcasts had one each.
+
+    Sending at once costs one ``send`` per member per frame; buffering
+    lets ``doWrite`` send every frame a member got in one turn with one
+    ``send``, which is what fan-out throughput lives on (16 messages in
+    flight to 1,000 members arrive 16 to a read). So a broadcast later in
+    a turn is buffered, and after a turn of several (a burst) so is every
+    broadcast until the server has been quiet for a few turns: with
+    a burst's first broadcast sent at once, its members finished that
+    message early, the next message came on its own, and the turns
+    alternated 16, 1, 16, 1 with every other burst starting with 1,000
+    sends (at ~20 µs each on a busy loopback) instead of being buffered.
+    A turn ends when the reactor runs its timed calls (``callLater(0)``):
+    after every event of one ``epoll_wait`` has been handled.
+    """
+
+    def __init__(self, clock: Any) -> None:
+        self._clock = clock
+        self._count = 0
+        #: Turns with broadcasts, of one each, since the last burst.
+        self._quiet = QUIET_TURNS
+
+    def direct(self) -> bool:
+        """Called once per broadcast: whether this one sends at once."""
+        self._count += 1
+        if self._count > 1:
+            return False
+        self._clock.callLater(0, self._turn_ended)
+        return enabled and self._quiet >= QUIET_TURNS
+
+    def _turn_ended(self) -> None:
+        self._quiet = 0 if self._count > 1 else self._quiet + 1
+        self._count = 0
+
+
+def idle_socket(transport: Any) -> socket.socket | None:
+    """
+    The socket of ``transport`` if it is a plain, open TCP connection with
+    nothing in Twisted's write buffers (bytes sent on it now are next in
+    line), else None. ``FileDescriptor.write`` appends to
+    ``_tempDataBuffer`` and counts ``_tempDataLen``; ``doWrite`` moves that
+    into ``dataBuffer`` and sends from ``offset``. ``TLS`` is set by
+    ``startTLS`` (writes then go through the TLS layer, never to the
+    socket directly).
+    """
+    if not isinstance(transport, tcp.Connection):
+        return None
+    try:
+        if (
+            transport.connected
+            and not transport.disconnecting
+            and not transport.TLS
+            and not transport._writeDisconnecting
+            and not transport._tempDataLen
+            and transport.offset == len(transport.dataBuffer)
+        ):
+            return transport.socket
+    except AttributeError:
+        pass
+    return None
+
+
+def write(transport: Any, data: bytes) -> None:
+    """
+    ``transport.write(data)``, but on an idle TCP connection
+    (:func:`idle_socket`) the socket gets the bytes now and the buffer only
+    what the kernel did not take. On any error (``EAGAIN``, ``ENOBUFS``, a
+    reset) the whole frame goes to ``transport.write``: ``doWrite`` then
+    retries it, or meets the error and reports the connection's loss.
+    """
+    sock = idle_socket(transport)
+    if sock is not None:
+        try:
+            sent = sock.send(data)
+        except OSError:
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)

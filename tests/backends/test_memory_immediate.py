@@ -1,0 +1,52 @@
+"""The memory backend's IImmediateBackend calls: its Deferred calls' answers, at once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from zope.interface.verify import verifyObject
+
+from improto.backends.interface import BackendUnavailable, Envelope, IImmediateBackend
+from improto.backends.memory import MemoryBackend, MemoryHub
+
+
+def fired(d: Any) -> Any:
+    out: list[Any] = []
+    d.addBoth(out.append)
+    return out[0]
+
+
+def test_the_immediate_calls_do_what_the_deferred_ones_do() -> None:
+    hub = MemoryHub()
+    a, b = MemoryBackend(hub), MemoryBackend(hub)
+    for node in (a, b):
+        node.start()
+    assert verifyObject(IImmediateBackend, a)
+    heard: list[Envelope] = []
+    b.subscribe("user:bob", heard.append)
+    env = Envelope(a.node_id, "s1", b"hi")
+    assert a.publish_now("user:bob", env) == 1 == fired(a.publish("user:bob", env))
+    assert a.publish_now("user:nobody", env) == 0
+    first = a.append_now("user:bob", "user:bob", env, "k", 60)
+    again = a.append_now("user:bob", "user:bob", env, "k", 60)
+    other = fired(a.append("user:bob", "user:bob", env))
+    assert (first.seq, first.receivers, first.duplicate) == (1, 1, False)
+    assert (again.seq, again.duplicate) == (1, True) and other.seq == 2
+    assert [(e.stream, e.seq) for e in heard] == [(None, None), (None, None), ("user:bob", 1), ("user:bob", 2)]
+    a.mark_seen("bob", 2, 60)
+    assert a.last_seen_now("bob") == 2 == fired(a.last_seen("bob"))
+    assert a.last_seen_now("carol") is None
+
+
+def test_a_stopped_backend_raises_what_its_deferreds_fail_with() -> None:
+    backend = MemoryBackend()
+    backend.start()
+    backend.stop()
+    env = Envelope(backend.node_id, "s1", b"hi")
+    with pytest.raises(BackendUnavailable):
+        backend.publish_now("user:bob", env)
+    with pytest.raises(BackendUnavailable):
+        backend.append_now("user:bob", "user:bob", env)
+    assert fired(backend.publish("user:bob", env)).check(BackendUnavailable)
+    assert fired(backend.append("user:bob", "user:bob", env)).check(BackendUnavailable)
