@@ -81,6 +81,17 @@ class Transport(StringTransport):
     def unregisterProducer(self) -> None:
         self.producer = None
 
+    def lose(self, reason: Any) -> None:
+        """What a TCP transport does when the socket is gone: forget its
+        protocol and producer (``tcp.Connection``/``FileDescriptor.connectionLost``),
+        then tell the protocol."""
+        protocol = self.protocol
+        del self.protocol
+        if self.producer is not None:
+            self.producer.stopProducing()
+            self.producer = None
+        protocol.connectionLost(reason)
+
 
 class StockProtocol(WebSocketServerProtocol):
     """Autobahn as shipped; callbacks do nothing."""
@@ -306,6 +317,66 @@ def bench_improto_private_in(factory: Any, n: int) -> float:
     return elapsed / n
 
 
+# -- the whole server: twisted.web site, routes, Autobahn, router ----------------
+
+#: ``servers/improto_server.py``'s command line: what the handshake benchmark runs.
+SERVER_ARGV = ["--rate", "0", "--max-connections-per-ip", "0", "--max-handshakes-per-ip", "0",
+               "--max-connections-per-user", "0"]
+
+
+def improto_site(argv: list[str] = SERVER_ARGV) -> Any:
+    """
+    The ``GuardedSite`` that ``twistd improto`` listens with, built by
+    ``improto.tap`` from the benchmark server's options (its backend started):
+    every layer a real connection goes through, from the HTTP channel on.
+    """
+    from improto import tap
+
+    options = tap.Options()
+    options.parseOptions(argv)
+    service = tap.build_service(options, endpoint=object())
+    service.router.backend.start()
+    return service.site
+
+
+def bench_site_handshake(site: Any, n: int, path_of: Callable[[int], str]) -> float:
+    """
+    Seconds per connection through the whole server, as a socket sees it:
+    the site's HTTP channel, the upgrade request parsed by twisted.web and
+    routed to the WebSocket resource, Autobahn's handshake and open, the
+    client's close frame, connection lost (on whatever protocol then owns
+    the transport, as a TCP transport would tell it). After each connection
+    the reactor's timer bookkeeping runs once (``runUntilCurrent``, as every
+    reactor iteration does; nothing is due), so that the timers a connection
+    set and cancelled are dropped as in a running server instead of piling
+    up in a reactor that never runs.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    requests = [handshake_request(path_of(i)) for i in range(n)]
+    done = Failure(ConnectionDone())
+    last: list[Transport] = []
+
+    def loop() -> None:
+        for request in requests:
+            channel = site.buildProtocol(PEER)
+            transport = Transport(peerAddress=PEER)
+            transport.protocol = channel
+            channel.makeConnection(transport)
+            channel.dataReceived(request)
+            transport.protocol.dataReceived(CLOSE_FRAME)
+            transport.lose(done)
+            reactor.runUntilCurrent()  # type: ignore[attr-defined]
+        last.append(transport)
+
+    elapsed = measure(loop)
+    transport = last[-1]
+    assert transport.value().startswith(b"HTTP/1.1 101"), transport.value()[:300]
+    return elapsed / n
+
+
 # -- driver ----------------------------------------------------------------------
 
 
@@ -430,6 +501,7 @@ OPS: dict[str, tuple[str, Callable[[Any, int], float], int]] = {
     "prepared-out": ("bare", bench_send_prepared, 2000),
     "send-message": ("bare", bench_send_message, 1000),
     "improto-handshake": ("chat", lambda f, n: bench_handshake(f, n, "/ws/u{}".format), 40),
+    "site-handshake": ("site", lambda f, n: bench_site_handshake(f, n, "/ws/u{}".format), 40),
     "private": ("chat", bench_improto_private_in, 300),
     "group-100": ("chat", lambda f, n: bench_improto_group_in(f, n, 100), 8),
 }
@@ -439,7 +511,8 @@ def run_one(op: str, mode: str, n: int) -> None:
     """One op, n times, counted by callgrind (see :func:`count_instructions`)."""
     global COUNTING
     kind, fn, _ = OPS[op]
-    factory = make_factory(StockProtocol) if kind == "bare" else improto_factory()
+    factory = (make_factory(StockProtocol) if kind == "bare" else improto_site()
+               if kind == "site" else improto_factory())
     if mode == "stock":
         quiet.uninstall()
     fn(factory, max(2, n // 4))  # warm-up: first-use imports, remembered texts

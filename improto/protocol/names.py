@@ -12,6 +12,7 @@ reserved system name, which the seed pages print as the sender of errors.
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 
 from improto.protocol.errors import ErrorCode, ProtocolError
@@ -84,6 +85,13 @@ def _check_marks(name: str, what: str) -> None:
             previous = char
 
 
+#: Accepted names remembered (a refusal raises, and is not remembered): the
+#: rules are a pure function of the name, and the same nicknames come back
+#: with every reconnect and page reload, each check a few µs of Unicode
+#: look-ups. Bounded, so names that never come back only evict each other.
+CHECKED_NAMES = 4096
+
+
 def check_name(name: str, what: str = "nickname", limit: int = MAX_NAME_LENGTH) -> str:
     """
     Return the canonical spelling of ``name`` if it may be a nickname or
@@ -93,6 +101,11 @@ def check_name(name: str, what: str = "nickname", limit: int = MAX_NAME_LENGTH) 
     rule cannot be dodged with a compatibility character (a fullwidth
     ``／`` is a ``/``, an ideographic space is a space).
     """
+    return _checked(name, what, limit)
+
+
+@functools.lru_cache(maxsize=CHECKED_NAMES)
+def _checked(name: str, what: str, limit: int) -> str:
     name = normalize_name(name)
     if not name:
         raise ProtocolError(ErrorCode.BAD_NAME, f"The {what} is empty.")

@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from improto.backends.interface import Audience, BackendUnavailable, Envelope, IBackend
 from improto.protocol import codec
 from improto.router.channels import ONLINE_SCOPE, group_channel, group_scope
+from improto.router.settled import done, then
 
 _log = Logger()
 
@@ -28,38 +29,38 @@ class Presence:
         self._backend = backend
 
     def came_online(self, user: str, exclude: str) -> Deferred[None]:
-        return self._added(ONLINE_SCOPE, user, codec.presence("online", user), codec.LOBBY, exclude)
+        added = self._backend.presence_add(ONLINE_SCOPE, user)
+        return then(added, self._announce, codec.LOBBY, "online", user, None, exclude)
 
     def went_offline(self, user: str) -> Deferred[None]:
-        return self._removed(ONLINE_SCOPE, user, codec.presence("offline", user), codec.LOBBY)
+        removed = self._backend.presence_remove(ONLINE_SCOPE, user)
+        return then(removed, self._announce, codec.LOBBY, "offline", user, None, None)
 
     def joined(self, user: str, group: str, exclude: str) -> Deferred[None]:
-        event = codec.presence("join", user, group)
-        return self._added(group_scope(group), user, event, group, exclude)
+        added = self._backend.presence_add(group_scope(group), user)
+        return then(added, self._announce, group, "join", user, group, exclude)
 
     def left(self, user: str, group: str) -> Deferred[None]:
-        return self._removed(group_scope(group), user, codec.presence("leave", user, group), group)
+        removed = self._backend.presence_remove(group_scope(group), user)
+        return then(removed, self._announce, group, "leave", user, group, None)
 
     def members(self, group: str) -> Deferred[list[str]]:
         return self._backend.presence_members(group_scope(group))
 
-    def _added(
-        self, scope: str, user: str, event: bytes, group: str, exclude: str
-    ) -> Deferred[None]:
-        def announce(first_anywhere: bool) -> Deferred[Any] | None:
-            return self._announce(group, event, exclude) if first_anywhere else None
-
-        return self._backend.presence_add(scope, user).addCallback(announce)
-
-    def _removed(self, scope: str, user: str, event: bytes, group: str) -> Deferred[None]:
-        def announce(gone_everywhere: bool) -> Deferred[Any] | None:
-            return self._announce(group, event, None) if gone_everywhere else None
-
-        return self._backend.presence_remove(scope, user).addCallback(announce)
-
-    def _announce(self, group: str, event: bytes, exclude: str | None) -> Deferred[int]:
+    def _announce(
+        self, changed: bool, group: str, event: str, user: str, named: str | None,
+        exclude: str | None,
+    ) -> Deferred[int] | None:
+        """
+        Publish the event on ``group``'s channel if the backend says this was
+        the user's first arrival (or last departure) anywhere; the frame is
+        encoded only then.
+        """
+        if not changed:
+            return None
         envelope = Envelope(
-            self._backend.node_id, "", event, audience=Audience.NATIVE, exclude_session=exclude
+            self._backend.node_id, "", codec.presence(event, user, named),
+            audience=Audience.NATIVE, exclude_session=exclude,
         )
         return self._backend.publish(group_channel(group), envelope)
 
@@ -70,6 +71,9 @@ def in_background(d: Deferred[Any]) -> None:
     disconnect): an outage is logged once by the backend itself, anything
     else is a bug worth a traceback.
     """
+
+    if done(d):
+        return
 
     def report(failure: Failure) -> None:
         failure = first_error(failure)

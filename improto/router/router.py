@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, succeed
 
 from improto.backends.interface import Envelope, IBackend
 from improto.protocol import codec
@@ -33,6 +33,7 @@ from improto.router.observer import NO_METRICS, Observer
 from improto.router.presence import Presence, first_error, in_background
 from improto.router.ratelimit import TokenBucket
 from improto.router.sessions import Session, SessionLink, SessionTable, Ticket
+from improto.router.settled import done, gather, then
 from improto.router.subscriptions import Subscriptions
 
 __all__ = ["Durability", "Router", "RouterLimits", "Session", "SessionLink", "Ticket"]
@@ -109,7 +110,7 @@ class Router:
             waits = [self._hold_echo(ticket, ticket.session_id)]
         else:
             waits = [self._hold_user(ticket, user), self._hold_group(ticket, codec.LOBBY)]
-        return gatherResults(waits).addCallback(lambda _: ticket)
+        return then(gather(waits), lambda _: ticket)
 
     def cancel(self, ticket: Ticket) -> None:
         """Give back what :meth:`prepare` held for a connection that never opened."""
@@ -224,7 +225,7 @@ class Router:
             waits.append(self._hold_group(session, group))
         if first_here:
             waits.append(self.presence.joined(session.user, group, exclude=session.id))
-        return gatherResults(waits, consumeErrors=True).addErrback(first_error)
+        return _gathered(waits)
 
     def leave_group(self, session: Session, group: str) -> Deferred[Any]:
         """Take ``session`` out of ``group``, announcing its user's departure if last."""
@@ -235,7 +236,7 @@ class Router:
         if channel in session.channels:
             session.channels.discard(channel)
             self._release(channel)
-        return gatherResults(waits, consumeErrors=True).addErrback(first_error)
+        return _gathered(waits)
 
     # -- subscriptions and what arrives on them ------------------------------
 
@@ -310,3 +311,9 @@ class Router:
         if group in session.groups:
             return succeed(None)
         return self.join_group(session, group)
+
+
+def _gathered(waits: list[Deferred[Any]]) -> Deferred[Any]:
+    """All of ``waits``, failing with the first one's own failure."""
+    gathered = gather(waits, consume_errors=True)
+    return gathered if done(gathered) else gathered.addErrback(first_error)

@@ -7,6 +7,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from improto.backends.interface import BackendUnavailable, EnvelopeCallback, IBackend
+from improto.router.settled import done
 
 _log = Logger()
 
@@ -36,8 +37,11 @@ class Subscriptions:
         refs = self._refs.get(channel, 0)
         self._refs[channel] = refs + 1
         if refs == 0:
+            subscribed = self._backend.subscribe(channel, callback)
+            if done(subscribed):
+                return succeed(None)
             self._pending[channel] = []
-            self._backend.subscribe(channel, callback).addBoth(self._settled, channel)
+            subscribed.addBoth(self._settled, channel)
         waiters = self._pending.get(channel)
         if waiters is None:
             return succeed(None)
@@ -59,6 +63,6 @@ class Subscriptions:
             self._refs[channel] = refs
             return
         self._refs.pop(channel, None)
-        self._backend.unsubscribe(channel).addErrback(
-            lambda failure: failure.trap(BackendUnavailable)
-        )
+        unsubscribed = self._backend.unsubscribe(channel)
+        if not done(unsubscribed):
+            unsubscribed.addErrback(lambda failure: failure.trap(BackendUnavailable))

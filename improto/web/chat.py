@@ -23,6 +23,7 @@ from improto.auth import AuthRefusal
 from improto.protocol import codec
 from improto.protocol.codec import ProtocolError
 from improto.router import Router, Session, Ticket
+from improto.router.settled import PENDING, result_of
 from improto.settings import Settings
 from improto.web import flush
 from improto.web.framing import accept_as_offered, accept_shareable
@@ -79,10 +80,9 @@ class ChatServerProtocol(LinkProtocol):
             # handshake that drops it) so the client can read why it is refused.
             return subprotocol
         self._resume = ",".join(request.params.get("resume", [])) or None
-        # The handshake completes only once this client is reachable.
-        return self.factory.router.prepare(self._nickname).addCallback(
-            self._prepared, subprotocol
-        )
+        # The handshake completes only once this client is reachable (at
+        # once when it already is: Autobahn takes a plain answer too).
+        return self._when_prepared(self.factory.router.prepare(self._nickname), subprotocol)
 
     # -- the steps of onConnect -------------------------------------------------
 
@@ -94,21 +94,23 @@ class ChatServerProtocol(LinkProtocol):
             self._refused = e
             raise
 
-    def _open_echo(self) -> Deferred[str | None]:
+    def _open_echo(self) -> Deferred[str | None] | str | None:
         self._echo = True
         router = self.factory.router
         self.maxMessagePayloadSize = max(router.limits.max_message_size, ECHO_MAX_MESSAGE_SIZE)
         self.perMessageCompressionAccept = accept_as_offered(self.maxMessagePayloadSize)
-        return router.prepare(None).addCallback(self._prepared, None)
+        return self._when_prepared(router.prepare(None), None)
 
     def _choose_dialect(self, request: ConnectionRequest) -> str | None:
         """The frame limits of a chat route, and the subprotocol to answer."""
         # Room for a frame a little over the limit, so the client gets a
         # readable too_large error instead of a dropped connection.
         self.maxMessagePayloadSize = self.factory.router.limits.max_message_size * 4
-        self.perMessageCompressionAccept = accept_shareable(
-            self.maxMessagePayloadSize, request.headers.get("sec-websocket-extensions")
-        )
+        extensions = request.headers.get("sec-websocket-extensions")
+        if extensions is not None:
+            # Without the header the factory's (the same, for no header) stays:
+            # Autobahn asks it only about offers, and there are none.
+            self.perMessageCompressionAccept = accept_shareable(self.maxMessagePayloadSize, extensions)
         if codec.NATIVE_SUBPROTOCOL in request.protocols:
             self._native = True
             return codec.NATIVE_SUBPROTOCOL
@@ -143,6 +145,14 @@ class ChatServerProtocol(LinkProtocol):
             self._close_at_open = (CLOSE_TOO_MANY, reason)
             return False
         return True
+
+    def _when_prepared(
+        self, prepared: Deferred[Ticket], subprotocol: str | None
+    ) -> Deferred[str | None] | str | None:
+        ticket = result_of(prepared)
+        if ticket is PENDING:
+            return prepared.addCallback(self._prepared, subprotocol)
+        return self._prepared(ticket, subprotocol)
 
     def _prepared(self, ticket: Ticket, subprotocol: str | None) -> str | None:
         self._ticket = ticket

@@ -155,6 +155,12 @@ class GuardedChannel(HTTPChannel):
             # A WebSocket took the connection over while the request was
             # rendered: it is no longer an HTTP connection of this address.
             self._give_back()
+            # Nor will this channel hear of it again (the transport tells the
+            # WebSocket protocol now), and the upgrade request never finishes:
+            # let go of it, so channel and request are freed as soon as the
+            # WebSocket protocol is done with the request, instead of waiting
+            # as a reference cycle for the garbage collector.
+            self.requests = []
 
     def requestDone(self, request: Request) -> None:
         # Armed first: a pipelined request in the buffer is parsed (and

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import unicodedata
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -75,3 +76,18 @@ def test_accepted_names_are_canonical_and_not_the_system_name(name):
     assert codec.check_name(canonical) == canonical
     assert skeleton(canonical) != codec.SYSTEM_NAME
     browser_json(codec.welcome(canonical, "s", ["lobby"]))
+
+
+@given(st.sampled_from(["online", "offline", "join", "leave"]), st.text(), st.none() | st.text())
+def test_presence_frames_are_the_encoders_bytes(event, user, group):
+    """codec.presence builds its JSON by hand: the same bytes as encode() of the dict."""
+    body = {"type": "presence", "event": event, "user": user}
+    if group is not None:
+        body["group"] = group
+    try:
+        expected = codec.encode(body)
+    except UnicodeEncodeError:  # lone surrogates: refused alike
+        with pytest.raises(UnicodeEncodeError):
+            codec.presence(event, user, group)
+        return
+    assert codec.presence(event, user, group) == expected

@@ -90,3 +90,20 @@ def test_real_scripts_with_marks_pass(name):
 
 def test_skeleton_is_what_it_looks_like():
     assert skeleton("ІМРRОТО") == skeleton("improto") == "improto"
+
+
+def test_remembered_names_answer_as_the_first_check_did():
+    """check_name remembers accepted names only: a refusal is raised every time."""
+    from improto.protocol import names
+
+    names._checked.cache_clear()
+    for _ in range(3):
+        assert names.check_name("ａｌｉｃｅ") == "alice"
+        assert names.check_name("room", "group name", names.MAX_GROUP_LENGTH) == "room"
+        with pytest.raises(ProtocolError):
+            names.check_name("impr0to")
+        with pytest.raises(ProtocolError):
+            names.check_name("x" * 40)
+    assert names.check_name("x" * 40, "group name", names.MAX_GROUP_LENGTH) == "x" * 40
+    info = names._checked.cache_info()
+    assert info.hits == 4 and info.currsize == 3
