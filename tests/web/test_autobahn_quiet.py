@@ -15,7 +15,8 @@ import inspect
 import pprint
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
+from types import CodeType
 from typing import Any
 
 import autobahn
@@ -104,20 +105,34 @@ FORMATTERS = {
 }
 
 
-def formatting_calls(factory: WebSocketServerFactory) -> list[str]:
-    """Names of the debug-text formatters called during a_connection()."""
+def calls_to(
+    codes: Collection[CodeType], action: Callable[[], object], log_level: str | None = None
+) -> list[str]:
+    """
+    Names of the calls of any of ``codes`` while ``action()`` runs (with
+    txaio's log level at ``log_level`` meanwhile, then back to "info").
+    """
     called: list[str] = []
 
     def profile(frame: Any, event: str, arg: Any) -> None:
-        if event == "call" and frame.f_code in FORMATTERS:
+        if event == "call" and frame.f_code in codes:
             called.append(frame.f_code.co_qualname)
 
+    if log_level is not None:
+        txaio.set_global_log_level(log_level)
     sys.setprofile(profile)
     try:
-        a_connection(factory, Failure(ConnectionLost()))
+        action()
     finally:
         sys.setprofile(None)
+        if log_level is not None:
+            txaio.set_global_log_level("info")
     return called
+
+
+def formatting_calls(factory: WebSocketServerFactory) -> list[str]:
+    """Names of the debug-text formatters called during a_connection()."""
+    return calls_to(FORMATTERS, lambda: a_connection(factory, Failure(ConnectionLost())))
 
 
 # -- what quiet.py relies on ---------------------------------------------------------------
@@ -221,19 +236,8 @@ def autobahn_send_data_calls(debug: bool) -> tuple[int, bytes, int]:
     protocol, transport = _chat_connection("/ws/alice")
     transport.clear()
     counted = protocol.trafficStats.outgoingOctetsWireLevel
-    calls = []
-
-    def profile(frame: Any, event: str, arg: Any) -> None:
-        if event == "call" and frame.f_code is WebSocketProtocol.sendData.__code__:
-            calls.append(1)
-
-    txaio.set_global_log_level("debug" if debug else "info")
-    sys.setprofile(profile)
-    try:
-        protocol.send_frame(b"hello", False)
-    finally:
-        sys.setprofile(None)
-        txaio.set_global_log_level("info")
+    calls = calls_to({WebSocketProtocol.sendData.__code__},
+                     lambda: protocol.send_frame(b"hello", False), "debug" if debug else "info")
     return len(calls), transport.value(), protocol.trafficStats.outgoingOctetsWireLevel - counted
 
 
@@ -377,19 +381,13 @@ def test_small_client_frames_are_unmasked_without_autobahns_masker() -> None:
     protocol.makeConnection(transport)
     protocol.dataReceived(wsframes.handshake("/"))
     transport.clear()
-    calls = []
-
-    def profile(frame: Any, event: str, arg: Any) -> None:
-        if event == "call" and frame.f_code is stock_masker.__code__:
-            calls.append(1)
-
     small, large = b"hello, world" * 3, b"x" * (SMALL_FRAME + 1)
-    sys.setprofile(profile)
-    try:
+
+    def receive_both() -> None:
         protocol.dataReceived(wsframes.client_frame(small))
         protocol.dataReceived(wsframes.client_frame(large))
-    finally:
-        sys.setprofile(None)
+
+    calls = calls_to({stock_masker.__code__}, receive_both)
     assert len(calls) == 1
     echoed = transport.value()
     assert echoed.startswith(bytes((0x81, len(small))) + small)
@@ -481,18 +479,8 @@ def test_reads_skip_autobahns_data_received_unless_debugging(debug: bool) -> Non
     protocol, transport = _chat_connection("/ws/alice")
     heard: list[tuple[bytes, bool]] = []
     protocol.on("message", lambda payload, is_binary: heard.append((payload, is_binary)))
-    calls = []
-
-    def profile(frame: Any, event: str, arg: Any) -> None:
-        if event == "call" and frame.f_code is WebSocketAdapterProtocol.dataReceived.__code__:
-            calls.append(1)
-
-    txaio.set_global_log_level("debug" if debug else "info")
-    sys.setprofile(profile)
-    try:
-        protocol.dataReceived(wsframes.client_frame(b'{"msg": "hi"}'))
-    finally:
-        sys.setprofile(None)
-        txaio.set_global_log_level("info")
+    calls = calls_to({WebSocketAdapterProtocol.dataReceived.__code__},
+                     lambda: protocol.dataReceived(wsframes.client_frame(b'{"msg": "hi"}')),
+                     "debug" if debug else "info")
     assert heard == [(b'{"msg": "hi"}', False)]
     assert len(calls) == (1 if debug else 0)
