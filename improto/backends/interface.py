@@ -61,6 +61,13 @@ def positioned(envelope: Envelope, stream: str, seq: int) -> Envelope:
                     stream, seq)
 
 
+def for_natives(envelope: Envelope) -> Envelope:
+    """``envelope`` for native sessions only: the copy a sender's other devices get."""
+    e = envelope
+    return Envelope(e.origin_node, e.origin_session, e.data, e.binary, Audience.NATIVE,
+                    e.exclude_session)
+
+
 class BackendState(enum.Enum):
     STARTING = "starting"
     OK = "ok"

@@ -22,7 +22,7 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from improto.backends.interface import Appended, Audience, Envelope, IImmediateBackend
+from improto.backends.interface import Appended, Audience, Envelope, IImmediateBackend, for_natives
 from improto.protocol import codec, streams
 from improto.protocol.codec import ErrorCode, ProtocolError
 from improto.router.channels import group_channel, user_channel
@@ -193,9 +193,7 @@ class DurableMessages:
     ) -> None:
         if not result.duplicate and to != session.user:
             # The sender's other devices (and its own resume) see it too.
-            e = envelope
-            copy = Envelope(e.origin_node, e.origin_session, e.data, e.binary, Audience.NATIVE,
-                            e.exclude_session)
+            copy = for_natives(envelope)
             mine = user_channel(session.user)
             if self._now is None:
                 self._backend.append(mine, mine, copy).addErrback(self._replies.failed, None, None)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from improto.backends.interface import Audience, Envelope, IImmediateBackend
+from improto.backends.interface import Audience, Envelope, IImmediateBackend, for_natives
 from improto.protocol import codec, streams
 from improto.protocol.codec import ErrorCode, ProtocolError
 from improto.router.channels import echo_channel, group_channel, user_channel
@@ -204,21 +204,14 @@ class Inbound:
             # The sender's other devices see what was sent from this one.
             channel = user_channel(session.user)
             if self._now is None:
-                self._backend.publish(channel, self._copy(envelope)).addErrback(
+                self._backend.publish(channel, for_natives(envelope)).addErrback(
                     self._replies.failed, None, None)
             elif not self._reaches_nobody(session, channel):
                 try:
-                    self._now.publish_now(channel, self._copy(envelope))
+                    self._now.publish_now(channel, for_natives(envelope))
                 except Exception:
                     self._replies.failed(Failure(), None, None)
         self._replies.ack(session, command.id)
-
-    @staticmethod
-    def _copy(envelope: Envelope) -> Envelope:
-        """The sender's copy: the same frame, for native sessions only."""
-        e = envelope
-        return Envelope(e.origin_node, e.origin_session, e.data, e.binary, Audience.NATIVE,
-                        e.exclude_session)
 
     def _reaches_nobody(self, session: Session, channel: str) -> bool:
         """
