@@ -237,14 +237,39 @@ class IBackend(Interface):
         """The cursor of :meth:`mark_seen`, or None if not seen within its ttl."""
 
 
+class IPrivateBackend(Interface):
+    """
+    Optional: a private message's whole write in one call, for a backend
+    that can make it one round trip (the Redis backend: one script).
+    Without it the router makes the same calls one by one
+    (:func:`improto.backends.private.append_private_in_steps`, the
+    reference for what this does).
+    """
+
+    def append_private(
+        stream: str, envelope: Envelope, copy_stream: str | None, only_if_seen: str | None,
+        idempotency_key: str | None = None, idempotency_ttl: float = 0,
+    ) -> Deferred[Appended | None]:
+        """
+        With ``only_if_seen``, first :meth:`IBackend.last_seen` of that
+        user: if it is None, do nothing and fire None. Otherwise
+        :meth:`IBackend.append` ``envelope`` to ``stream`` (published on
+        the channel of the same name) and, with ``copy_stream`` and unless
+        the append was a duplicate, append ``for_natives(envelope)`` to
+        ``copy_stream`` likewise, without an idempotency key. Fires, once
+        both are done, with the first append's :class:`Appended`; fails
+        as ``append`` does if either failed.
+        """
+
+
 class IImmediateBackend(Interface):
     """
     Optional, for a backend whose calls never wait on a network (the memory
-    backend): three of :class:`IBackend`'s calls answered at once, for the
-    router's per-message paths, where a Deferred and its callbacks cost more
+    backend): calls of :class:`IBackend` and :class:`IPrivateBackend`
+    answered at once, for the router's per-message paths, where a Deferred and its callbacks cost more
     than the in-memory work they carry (``benchmarks/micro.py --ops private``).
 
-    Each has exactly the effects of its :class:`IBackend` namesake, and
+    Each has exactly the effects of its namesake without ``_now``, and
     returns what that one's Deferred would fire with, or raises what it
     would fail with (:class:`BackendUnavailable`). Subscribers' callbacks
     run inside the call, as the contract allows for ``publish``.
@@ -253,14 +278,11 @@ class IImmediateBackend(Interface):
     def publish_now(channel: str, envelope: Envelope) -> int:
         """:meth:`IBackend.publish`, answered at once."""
 
-    def append_now(
-        stream: str, channel: str, envelope: Envelope,
+    def append_private_now(
+        stream: str, envelope: Envelope, copy_stream: str | None, only_if_seen: str | None,
         idempotency_key: str | None = None, idempotency_ttl: float = 0,
-    ) -> Appended:
-        """:meth:`IBackend.append`, answered at once."""
-
-    def last_seen_now(user: str) -> int | None:
-        """:meth:`IBackend.last_seen`, answered at once."""
+    ) -> Appended | None:
+        """:meth:`IPrivateBackend.append_private`, answered at once."""
 
     def subscribers_now(channel: str) -> int:
         """

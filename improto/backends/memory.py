@@ -25,7 +25,9 @@ from improto.backends.interface import (
     HistoryPage,
     IBackend,
     IImmediateBackend,
+    IPrivateBackend,
     Retention,
+    for_natives,
     positioned,
 )
 from improto.backends.memory_history import MemoryStreams
@@ -40,7 +42,7 @@ class MemoryHub:
     streams: MemoryStreams = attrs.field(factory=MemoryStreams)
 
 
-@implementer(IBackend, IImmediateBackend)
+@implementer(IBackend, IPrivateBackend, IImmediateBackend)
 class MemoryBackend:
     """
     Delivers synchronously, inside ``publish`` (before its Deferred fires:
@@ -157,13 +159,28 @@ class MemoryBackend:
             return fail(self._unavailable("append"))
         return succeed(self._append(stream, channel, envelope, idempotency_key, idempotency_ttl))
 
-    def append_now(
-        self, stream: str, channel: str, envelope: Envelope,
+    def append_private(
+        self, stream: str, envelope: Envelope, copy_stream: str | None, only_if_seen: str | None,
         idempotency_key: str | None = None, idempotency_ttl: float = 0,
-    ) -> Appended:
+    ) -> Deferred[Appended | None]:
+        try:
+            return succeed(self.append_private_now(
+                stream, envelope, copy_stream, only_if_seen, idempotency_key, idempotency_ttl))
+        except BackendUnavailable:
+            return fail()
+
+    def append_private_now(
+        self, stream: str, envelope: Envelope, copy_stream: str | None, only_if_seen: str | None,
+        idempotency_key: str | None = None, idempotency_ttl: float = 0,
+    ) -> Appended | None:
         if self._state is not BackendState.OK:
             raise self._unavailable("append")
-        return self._append(stream, channel, envelope, idempotency_key, idempotency_ttl)
+        if only_if_seen is not None and self.hub.streams.last_seen(only_if_seen) is None:
+            return None
+        appended = self._append(stream, stream, envelope, idempotency_key, idempotency_ttl)
+        if copy_stream is not None and not appended.duplicate:
+            self._append(copy_stream, copy_stream, for_natives(envelope), None, 0)
+        return appended
 
     def _append(
         self, stream: str, channel: str, envelope: Envelope,
@@ -200,9 +217,6 @@ class MemoryBackend:
 
     def last_seen(self, user: str) -> Deferred[int | None]:
         return succeed(self.hub.streams.last_seen(user))
-
-    def last_seen_now(self, user: str) -> int | None:
-        return self.hub.streams.last_seen(user)
 
     def subscribers_now(self, channel: str) -> int:
         if self._state is not BackendState.OK:

@@ -22,7 +22,14 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from improto.backends.interface import Appended, Audience, Envelope, IImmediateBackend, for_natives
+from improto.backends.interface import (
+    Appended,
+    Audience,
+    Envelope,
+    IImmediateBackend,
+    IPrivateBackend,
+)
+from improto.backends.private import append_private_in_steps
 from improto.protocol import codec, streams
 from improto.protocol.codec import ErrorCode, ProtocolError
 from improto.router.channels import group_channel, user_channel
@@ -54,6 +61,7 @@ class DurableMessages:
         self._backend = router.backend
         #: The backend, if it answers at once (see :mod:`.inbound`), else None.
         self._now: IImmediateBackend | None = IImmediateBackend(router.backend, None)
+        self._private: IPrivateBackend | None = IPrivateBackend(router.backend, None)
         self._replies = router.replies
         self.settings = settings
         self.tracker = StreamTracker(router.backend, self._reset)
@@ -154,55 +162,41 @@ class DurableMessages:
     ) -> None:
         """
         Store and deliver a private message to a user seen within the inbox
-        lifetime; for anyone else call ``unknown()`` (the live-only path,
-        which refuses users that are not online).
+        lifetime, with a copy in the sender's stream (its other devices and
+        its own resume see it too); for anyone else call ``unknown()`` (the
+        live-only path, which refuses users that are not online).
         """
+        stream = user_channel(to)
+        to_someone_else = to != session.user
+        copy_stream = user_channel(session.user) if to_someone_else else None
+        only_if_seen = to if to_someone_else else None
+        key = self._key(session, request_id)
+        window = self.settings.idempotency_window
         if self._now is None:
-            self._backend.last_seen(to).addCallback(
-                self._known, session, to, envelope, request_id, unknown,
-            ).addErrback(self._replies.failed, session, request_id)
+            if self._private is not None:
+                d = self._private.append_private(stream, envelope, copy_stream, only_if_seen, key, window)
+            else:
+                d = append_private_in_steps(self._backend, stream, envelope, copy_stream, only_if_seen, key, window)
+            d.addCallbacks(
+                self._appended, self._replies.failed,
+                callbackArgs=(session, stream, request_id, unknown), errbackArgs=(session, request_id),
+            )
             return
         try:
-            cursor = self._now.last_seen_now(to)
-            if cursor is None and to != session.user:
-                unknown()
-                return
-            result = self._now.append_now(
-                user_channel(to), user_channel(to), envelope, self._key(session, request_id),
-                self.settings.idempotency_window)
+            result = self._now.append_private_now(stream, envelope, copy_stream, only_if_seen, key, window)
         except Exception:
             self._replies.failed(Failure(), session, request_id)
             return
-        self._appended(result, session, to, envelope, request_id)
-
-    def _known(
-        self, cursor: int | None, session: Session, to: str, envelope: Envelope,
-        request_id: str | None, unknown: Callable[[], None],
-    ) -> Deferred[None] | None:
-        if cursor is None and to != session.user:
-            unknown()
-            return None
-        stream = user_channel(to)
-        d = self._backend.append(
-            stream, stream, envelope, self._key(session, request_id), self.settings.idempotency_window)
-        return d.addCallback(self._appended, session, to, envelope, request_id)
+        self._appended(result, session, stream, request_id, unknown)
 
     def _appended(
-        self, result: Appended, session: Session, to: str, envelope: Envelope,
-        request_id: str | None,
+        self, result: Appended | None, session: Session, stream: str, request_id: str | None,
+        unknown: Callable[[], None],
     ) -> None:
-        if not result.duplicate and to != session.user:
-            # The sender's other devices (and its own resume) see it too.
-            copy = for_natives(envelope)
-            mine = user_channel(session.user)
-            if self._now is None:
-                self._backend.append(mine, mine, copy).addErrback(self._replies.failed, None, None)
-            else:
-                try:
-                    self._now.append_now(mine, mine, copy)
-                except Exception:
-                    self._replies.failed(Failure(), None, None)
-        self._acked(session, request_id, user_channel(to), result)
+        if result is None:
+            unknown()
+        else:
+            self._acked(session, request_id, stream, result)
 
     # -- history requests ---------------------------------------------------------
 

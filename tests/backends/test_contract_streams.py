@@ -7,6 +7,7 @@ backends on one hub / one Redis / one cluster.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -17,8 +18,9 @@ from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 from twisted.internet.task import deferLater
 
-from improto.backends.interface import Audience, BackendState, Envelope, Retention
+from improto.backends.interface import Audience, BackendState, Envelope, IPrivateBackend, Retention
 from improto.backends.memory import MemoryBackend, MemoryHub
+from improto.backends.private import append_private_in_steps
 from improto.backends.redis.backend import RedisBackend
 
 
@@ -204,3 +206,64 @@ async def test_stopped_backend_refuses_appends(nodes: Nodes) -> None:
         await nodes.a.append("group:g", "group:g", envelope())
     with pytest.raises(BackendUnavailable):
         await nodes.a.history("group:g", 0, 10)
+
+
+def append_private(node: Any) -> Callable[..., Any]:
+    """The node's own one-call write if it has one, else the reference made of plain calls."""
+    own = IPrivateBackend(node, None)
+    if own is not None:
+        return own.append_private
+    return functools.partial(append_private_in_steps, node)
+
+
+@pytest_twisted.ensureDeferred
+async def test_private_append_to_an_unseen_user_does_nothing(nodes: Nodes) -> None:
+    got: list[Envelope] = []
+    await nodes.b.subscribe("user:bob", got.append)
+    await nodes.b.subscribe("user:alice", got.append)
+    result = await append_private(nodes.a)("user:bob", envelope(), "user:alice", "bob", "alice\nid-1", 300)
+    assert result is None
+    for stream in ("user:bob", "user:alice"):
+        page = await nodes.b.history(stream, 0, 10)
+        assert (page.messages, page.last_seq) == ([], 0)
+    # Seen now: the same key is not taken by the refused attempt.
+    await nodes.b.mark_seen("bob", 0, 60)
+    result = await append_private(nodes.a)("user:bob", envelope(), "user:alice", "bob", "alice\nid-1", 300)
+    assert (result.seq, result.receivers, result.duplicate) == (1, 1, False)
+    await eventually(lambda: len(got) == 2)
+    assert sorted((e.stream, e.seq, e.audience) for e in got) == [
+        ("user:alice", 1, Audience.NATIVE), ("user:bob", 1, Audience.ALL)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_private_append_stores_the_message_and_the_senders_copy(nodes: Nodes) -> None:
+    to_bob: list[Envelope] = []
+    to_alice: list[Envelope] = []
+    await nodes.b.subscribe("user:bob", to_bob.append)
+    await nodes.b.subscribe("user:alice", to_alice.append)
+    await nodes.a.append("user:alice", "user:alice", envelope(b"earlier"))
+    await nodes.a.mark_seen("bob", 0, 60)
+    sent = envelope(b'{"to":"bob"}', exclude_session="s1")
+    first = await append_private(nodes.a)("user:bob", sent, "user:alice", "bob", "alice\nid-1", 300)
+    again = await append_private(nodes.b)("user:bob", sent, "user:alice", "bob", "alice\nid-1", 300)
+    assert (first.seq, first.receivers, first.duplicate) == (1, 1, False)
+    assert (again.seq, again.receivers, again.duplicate) == (1, 1, True)
+    await eventually(lambda: len(to_bob) == 1 and len(to_alice) == 2)
+    assert to_bob == [attrs.evolve(sent, stream="user:bob", seq=1)]
+    copy = attrs.evolve(sent, audience=Audience.NATIVE, stream="user:alice", seq=2)
+    assert to_alice[1] == copy
+    assert (await nodes.b.history("user:bob", 0, 10)).messages == to_bob
+    assert (await nodes.b.history("user:alice", 1, 10)).messages == [copy]
+    # No copy stream, no seen check: a message to oneself.
+    mine = await append_private(nodes.a)("user:alice", envelope(b"note"), None, None)
+    assert (mine.seq, mine.duplicate) == (3, False)
+    assert [e.seq for e in (await nodes.b.history("user:alice", 0, 10)).messages] == [1, 2, 3]
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopped_backend_refuses_private_appends(nodes: Nodes) -> None:
+    from improto.backends.interface import BackendUnavailable
+
+    await nodes.a.stop()
+    with pytest.raises(BackendUnavailable):
+        await append_private(nodes.a)("user:bob", envelope(), "user:alice", None)

@@ -1,4 +1,4 @@
-"""Router tests that run on both ways of calling a backend."""
+"""Router tests that run on each way of calling a backend."""
 
 from __future__ import annotations
 
@@ -9,18 +9,20 @@ import pytest
 from improto.router import durable, inbound
 
 
-@pytest.fixture(params=["immediate", "deferred"])
+@pytest.fixture(params=["immediate", "deferred", "in-steps"])
 def backend_calls(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """
     ``immediate``: the memory backend as it is, answering the router's
     per-message calls at once (``IImmediateBackend``); ``deferred``: the
-    router sees it as a plain ``IBackend`` and waits on Deferreds, as it
-    does on Redis. Use with ``pytestmark = pytest.mark.usefixtures("backend_calls")``.
+    router waits on Deferreds, as it does on Redis; ``in-steps``: the router
+    sees a plain ``IBackend`` (no ``IPrivateBackend``), as on Redis Cluster. Use with ``pytestmark = pytest.mark.usefixtures("backend_calls")``.
     """
-    if request.param == "deferred":
-        def not_immediate(backend: Any, default: Any = None) -> Any:
-            return default
+    def not_provided(backend: Any, default: Any = None) -> Any:
+        return default
 
+    if request.param in ("deferred", "in-steps"):
         for module in (inbound, durable):
-            monkeypatch.setattr(module, "IImmediateBackend", not_immediate)
+            monkeypatch.setattr(module, "IImmediateBackend", not_provided)
+    if request.param == "in-steps":
+        monkeypatch.setattr(durable, "IPrivateBackend", not_provided)
     return str(request.param)

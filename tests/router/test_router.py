@@ -294,7 +294,7 @@ class TestDelivery:
         for link in (a, a2, b):
             link.take()
         calls = []
-        for name in ("publish", "append", "last_seen"):
+        for name in ("publish", "append", "last_seen", "append_private"):
             original = getattr(router.backend, name)
             monkeypatch.setattr(router.backend, name,
                                 lambda *args, _o=original, _n=name: calls.append(_n) or _o(*args))

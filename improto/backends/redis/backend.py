@@ -72,6 +72,7 @@ from improto.backends.interface import (
     EnvelopeCallback,
     HistoryPage,
     IBackend,
+    IPrivateBackend,
     Retention,
 )
 from improto.backends.redis.client import RespConnection, RespStats, as_unavailable
@@ -96,7 +97,7 @@ class RedisStats:
     decode_errors: collections.Counter[str] = attrs.field(factory=collections.Counter)
 
 
-@implementer(IBackend)
+@implementer(IBackend, IPrivateBackend)
 class RedisBackend:
     """See the module docstring; build one with :meth:`from_url`."""
 
@@ -350,6 +351,15 @@ class RedisBackend:
         channel_key = self._channel_prefix + channel.encode("utf-8")
         return self._on_commands("append", lambda conn: self._streams.append(
             conn, channel_key, stream, envelope, self.retention, idempotency_key, idempotency_ttl))
+
+    def append_private(
+        self, stream: str, envelope: Envelope, copy_stream: str | None, only_if_seen: str | None,
+        idempotency_key: str | None = None, idempotency_ttl: float = 0,
+    ) -> Deferred[Appended | None]:
+        self.stats.published += 1 if copy_stream is None else 2
+        return self._on_commands("append", lambda conn: self._streams.append_private(
+            conn, self._channel_prefix, stream, envelope, copy_stream, only_if_seen, self.retention,
+            idempotency_key, idempotency_ttl))
 
     def history(
         self, stream: str, after_seq: int, limit: int, before_seq: int | None = None

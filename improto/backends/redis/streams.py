@@ -17,6 +17,10 @@ receives is the one stored, and seqs of a stream are published in order.
 On Redis Cluster (``sharded=True``) the script publishes with ``SPUBLISH``:
 the cluster backend names a stream's channel ``P{<stream>}``, in the
 stream's slot, as Redis requires of a script's keys and shard channels.
+``PRIVATE`` is a private message's whole write in one script (the
+recipient's ``seen`` key read, its stream appended, the sender's copy
+appended: ``IPrivateBackend``); its keys span two users' slots, so Redis
+Cluster does not load it and makes the plain calls instead.
 The log is trimmed to exactly ``size`` entries; entries older than
 ``age`` are dropped when history is read, and the whole log expires
 ``age`` after its last append. Durability is Redis's: with AOF and
@@ -30,7 +34,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults
 
-from improto.backends.interface import Appended, Envelope, HistoryPage, Retention
+from improto.backends.interface import Appended, Envelope, HistoryPage, Retention, for_natives
 from improto.backends.redis.client import RespConnection
 from improto.backends.redis.presence import Script
 from improto.backends.redis.wire import decode_envelope, encode_head
@@ -40,25 +44,53 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: seq, log[, idem]  ARGV: channel, head, data, size, age_ms, idem_ttl_ms
-_APPEND = (
+# ARGV[4..6]: size, age_ms, idem_ttl_ms, shared by every append of one script.
+_APPEND_FUNCTION = (
     _NOW_MS
     + """
-if KEYS[3] then
-  local prev = redis.call('GET', KEYS[3])
-  if prev then return {1, prev} end
+local function append(seq_key, log_key, idem_key, channel, head, data)
+  if idem_key then
+    local prev = redis.call('GET', idem_key)
+    if prev then return 1, prev end
+  end
+  local s = string.format('%d', redis.call('INCR', seq_key))
+  local payload = head .. string.char(#s) .. s .. data
+  local size = tonumber(ARGV[4])
+  if size > 0 then
+    redis.call('XADD', log_key, 'MAXLEN', size, s .. '-0', 'e', payload, 't', string.format('%d', now))
+    redis.call('PEXPIRE', log_key, ARGV[5])
+  end
+  local n = redis.call('PUBLISH', channel, payload)
+  local result = s .. ':' .. n
+  if idem_key then redis.call('SET', idem_key, result, 'PX', ARGV[6]) end
+  return 0, result
 end
-local s = string.format('%d', redis.call('INCR', KEYS[1]))
-local payload = ARGV[2] .. string.char(#s) .. s .. ARGV[3]
-local size = tonumber(ARGV[4])
-if size > 0 then
-  redis.call('XADD', KEYS[2], 'MAXLEN', size, s .. '-0', 'e', payload, 't', string.format('%d', now))
-  redis.call('PEXPIRE', KEYS[2], ARGV[5])
+"""
+)
+
+# KEYS: seq, log[, idem]  ARGV: channel, head, data, size, age_ms, idem_ttl_ms
+_APPEND = (
+    _APPEND_FUNCTION
+    + """
+local duplicate, result = append(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])
+return {duplicate, result}
+"""
+)
+
+# IPrivateBackend.append_private. KEYS: seq, log, seen, idem, copy seq, copy log
+# ARGV: channel, head, data, size, age_ms, idem_ttl_ms, copy channel, copy head,
+# flags: 's' check seen, 'i' idempotent, 'c' copy. Replies {2, ''} when unseen.
+_PRIVATE = (
+    _APPEND_FUNCTION
+    + """
+local flags = ARGV[9]
+if string.find(flags, 's', 1, true) and not redis.call('GET', KEYS[3]) then return {2, ''} end
+local idem = string.find(flags, 'i', 1, true) and KEYS[4] or nil
+local duplicate, result = append(KEYS[1], KEYS[2], idem, ARGV[1], ARGV[2], ARGV[3])
+if duplicate == 0 and string.find(flags, 'c', 1, true) then
+  append(KEYS[5], KEYS[6], nil, ARGV[7], ARGV[8], ARGV[3])
 end
-local n = redis.call('PUBLISH', ARGV[1], payload)
-local result = s .. ':' .. n
-if KEYS[3] then redis.call('SET', KEYS[3], result, 'PX', ARGV[6]) end
-return {0, result}
+return {duplicate, result}
 """
 )
 
@@ -108,6 +140,7 @@ return 1
 
 APPEND = Script(_APPEND)
 APPEND_SHARDED = Script(_APPEND.replace("'PUBLISH'", "'SPUBLISH'"))
+PRIVATE = Script(_PRIVATE)
 HISTORY = Script(_HISTORY)
 MARK_SEEN = Script(_MARK_SEEN)
 
@@ -116,18 +149,30 @@ def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
+def _appended(reply: list[Any]) -> Appended:
+    duplicate, result = reply
+    seq, receivers = result.split(b":")
+    return Appended(int(seq), int(receivers), bool(duplicate))
+
+
+def _private_appended(reply: list[Any]) -> Appended | None:
+    return None if reply[0] == 2 else _appended(reply)
+
+
 class StreamStore:
     """The stream keys of one prefix; every call is one command."""
 
     def __init__(self, prefix: bytes, sharded: bool = False) -> None:
         self.prefix = prefix
         self._append = APPEND_SHARDED if sharded else APPEND
+        # A private message's two streams are in different cluster slots.
+        self._scripts = [self._append, HISTORY, MARK_SEEN] + ([] if sharded else [PRIVATE])
 
     def key(self, stream: str, suffix: str) -> bytes:
         return b"".join((self.prefix, b"{", stream.encode("utf-8"), b"}:", suffix.encode("utf-8")))
 
     def load_scripts(self, conn: RespConnection) -> Deferred[Any]:
-        return gatherResults([s.load(conn) for s in (self._append, HISTORY, MARK_SEEN)], consumeErrors=True)
+        return gatherResults([s.load(conn) for s in self._scripts], consumeErrors=True)
 
     def append(
         self, conn: RespConnection, channel_key: bytes, stream: str, envelope: Envelope,
@@ -141,12 +186,33 @@ class StreamStore:
             retention.size, _ms(retention.age), _ms(idempotency_ttl),
         ]
 
-        def parse(reply: list[Any]) -> Appended:
-            duplicate, result = reply
-            seq, receivers = result.split(b":")
-            return Appended(int(seq), int(receivers), bool(duplicate))
+        return self._append.run(conn, keys, args).addCallback(_appended)
 
-        return self._append.run(conn, keys, args).addCallback(parse)
+    def append_private(
+        self, conn: RespConnection, channel_prefix: bytes, stream: str, envelope: Envelope,
+        copy_stream: str | None, only_if_seen: str | None, retention: Retention,
+        idempotency_key: str | None, idempotency_ttl: float,
+    ) -> Deferred[Appended | None]:
+        """One ``PRIVATE`` script: see :class:`~improto.backends.interface.IPrivateBackend`."""
+        idempotent = idempotency_key is not None and idempotency_ttl > 0
+        # Keys a flag leaves unused are still declared, as a script's keys must be.
+        copy = copy_stream or stream
+        keys = [
+            self.key(stream, "seq"), self.key(stream, "log"),
+            self.key("user:" + (only_if_seen or ""), "seen"),
+            self.key(stream, "idem:" + (idempotency_key or "")),
+            self.key(copy, "seq"), self.key(copy, "log"),
+        ]
+        flags = "".join((
+            "s" if only_if_seen is not None else "", "i" if idempotent else "",
+            "c" if copy_stream is not None else "",
+        ))
+        args: list[bytes | str | int] = [
+            channel_prefix + stream.encode("utf-8"), encode_head(envelope, stream), envelope.data,
+            retention.size, _ms(retention.age), _ms(idempotency_ttl),
+            channel_prefix + copy.encode("utf-8"), encode_head(for_natives(envelope), copy), flags,
+        ]
+        return PRIVATE.run(conn, keys, args).addCallback(_private_appended)
 
     def history(
         self, conn: RespConnection, stream: str, after: int, limit: int, before: int | None,
