@@ -17,6 +17,10 @@ that call them (:data:`PATCHED`):
 
 * ``hltype`` to :func:`memo_hltype`: the same text, remembered per function
   or class (it depends on nothing else), so a call costs a dict look-up;
+* ``hlval`` to :func:`lazy_hlval`, a :class:`LazyText`: ``f"{val}"`` is
+  cheap for the peer's address, but every closed connection passes its
+  ``connectionLost`` reason, a ``Failure``, whose text is a formatted
+  traceback (about 10 µs a connection);
 * ``pformat`` (of ``autobahn.websocket.protocol``) to :func:`lazy_pformat`:
   for a list, the settings dump, a :class:`LazyText` that formats only if a
   log observer renders it (Autobahn's own ``_LazyHexFormatter`` idiom);
@@ -31,8 +35,7 @@ is read, so whatever an upgrade adds to Autobahn's methods still runs;
 with debug logging on, the logged text is the same. The one method improto
 does re-state, for the per-frame ``log.debug`` call itself, is the
 open-connection path of ``sendData`` (``LinkProtocol.sendData``, while
-:data:`active`), hash-pinned like ``hltype``. ``hlval`` is left alone: it
-is an f-string (~0.07 µs) unless ``click`` is installed.
+:data:`active`), hash-pinned like ``hltype``.
 
 What this relies on is pinned by ``tests/web/test_autobahn_quiet.py``: the
 names are those modules' globals and Autobahn's own helpers, ``hltype``'s
@@ -59,13 +62,14 @@ _log = Logger()
 
 #: Autobahn module -> the helper names in it that are rebound.
 PATCHED: dict[str, tuple[str, ...]] = {
-    "autobahn.websocket.protocol": ("hltype", "pformat", "create_xor_masker"),
-    "autobahn.twisted.websocket": ("hltype",),
+    "autobahn.websocket.protocol": ("hltype", "hlval", "pformat", "create_xor_masker"),
+    "autobahn.twisted.websocket": ("hltype", "hlval"),
 }
 
 #: The helpers those names are bound to in stock Autobahn.
 STOCK: dict[str, Callable[..., Any]] = {
     "hltype": autobahn.util.hltype,
+    "hlval": autobahn.util.hlval,
     "pformat": pprint.pformat,
     "create_xor_masker": autobahn.websocket.xormasker.create_xor_masker,
 }
@@ -114,8 +118,13 @@ def lazy_pformat(obj: Any, *args: Any, **kwargs: Any) -> Any:
     return pprint.pformat(obj, *args, **kwargs)
 
 
+def lazy_hlval(val: Any, color: str = "white", bold: bool = True) -> LazyText:
+    return LazyText(autobahn.util.hlval, val, color=color, bold=bold)
+
+
 REBOUND: dict[str, Callable[..., Any]] = {
     "hltype": memo_hltype,
+    "hlval": lazy_hlval,
     "pformat": lazy_pformat,
     "create_xor_masker": framing.create_xor_masker,
 }

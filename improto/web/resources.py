@@ -13,8 +13,10 @@ import json
 import re
 from importlib import resources
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory
 from twisted.python.filepath import FilePath
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
@@ -217,9 +219,12 @@ class RootResource(Resource):
         echo_path: str = "/echo",
         nameless_chat: bool = False,
         metrics: IResource | None = None,
+        websocket_factory: WebSocketServerFactory | None = None,
     ) -> None:
         super().__init__()
         self._metrics = metrics
+        #: ``websocket``'s factory, for :meth:`upgrade_factory`.
+        self._websocket_factory = websocket_factory
         self._nameless_chat = nameless_chat
         self._websocket = websocket
         self._page = page
@@ -228,7 +233,7 @@ class RootResource(Resource):
 
     def getChild(self, path: bytes, request: Request) -> IResource:
         if _is_websocket_upgrade(request):
-            if self._is_fixed_route(path, request):
+            if self._is_fixed_route(path, request.postpath or [], request.path):
                 return NoSuchRoute()
             return self._websocket
         if path in (b"", b"index.html") or (path == b"ws" and not request.postpath):
@@ -249,12 +254,28 @@ class RootResource(Resource):
         request.setHeader(b"content-security-policy", STATIC_CSP)
         return self._page.getChild(path, request)
 
-    def _is_fixed_route(self, path: bytes, request: Request) -> bool:
-        if request.path == self._echo_path:
+    def _is_fixed_route(self, segment: bytes, rest: list[bytes], path: bytes) -> bool:
+        """Whether an upgrade of ``path`` (first segment ``segment``, then ``rest``) is refused."""
+        if path == self._echo_path:
             return False
-        if self._nameless_chat and path in (b"", b"ws"):
+        if self._nameless_chat and segment in (b"", b"ws"):
             return False
-        return not request.postpath and path in RESERVED_NAMES
+        return not rest and segment in RESERVED_NAMES
+
+    def upgrade_factory(self, path: bytes) -> WebSocketServerFactory | None:
+        """
+        The factory that :meth:`getChild` would hand a WebSocket upgrade of
+        ``path`` (raw, without its query) to, or None where it would not
+        (a fixed route, or a resource that is not a plain
+        ``WebSocketResource`` of ours): :class:`~improto.web.site.GuardedChannel`
+        then leaves the request to twisted.web.
+        """
+        if self._websocket_factory is None:
+            return None
+        segments = [unquote_to_bytes(s) for s in path[1:].split(b"/")]
+        if self._is_fixed_route(segments[0], segments[1:], path):
+            return None
+        return self._websocket_factory
 
 
 def root_resource(
@@ -262,7 +283,9 @@ def root_resource(
     metrics: IResource | None = None,
 ) -> RootResource:
     page = page_from_path(static) if static else default_page()
+    chat = ChatServerFactory(router, settings, reactor)
     return RootResource(
-        websocket_resource(router, settings, reactor), page, HealthResource(router),
+        WebSocketResource(chat), page, HealthResource(router),
         settings.echo_path, nameless_chat=settings.authenticator.verified, metrics=metrics,
+        websocket_factory=chat,
     )

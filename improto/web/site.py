@@ -13,6 +13,7 @@ the per-address refusal is logged once per address.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.interfaces import IAddress
@@ -26,6 +27,7 @@ from twisted.web.server import Request, Site
 from improto.router.observer import NO_METRICS, Observer
 from improto.settings import Settings
 from improto.web.limits import ConnectionCounter, OncePerKey, http_response
+from improto.web.upgrade import hand_over, upgrade_path
 
 _log = Logger()
 
@@ -83,6 +85,7 @@ class GuardedChannel(HTTPChannel):
     _deadline: Any = None
     _slot: tuple[ConnectionCounter, str] | None = None
     _refused = False
+    _first_read = True
 
     def hold(self, counter: ConnectionCounter, address: str) -> None:
         self._slot = (counter, address)
@@ -129,8 +132,33 @@ class GuardedChannel(HTTPChannel):
         self._arm()
 
     def dataReceived(self, data: bytes) -> None:
-        if not self._refused:
-            super().dataReceived(data)
+        if self._refused:
+            return
+        if self._first_read:
+            self._first_read = False
+            if self._upgraded_directly(data):
+                return
+        super().dataReceived(data)
+
+    def _upgraded_directly(self, data: bytes) -> bool:
+        """See :mod:`improto.web.upgrade`."""
+        upgrades = self.site.upgrades
+        if upgrades is None or self.transport is None:
+            return False
+        path = upgrade_path(data, self.totalHeadersSize)
+        factory = None if path is None else upgrades(path)
+        if factory is None:
+            return False
+        transport = self.transport
+        self._disarm()
+        self.setTimeout(None)
+        self.transport = None
+        if not hand_over(transport, factory, data):
+            self.transport = transport
+            return False
+        # No longer an HTTP connection of this address (as in allContentReceived).
+        self._give_back()
+        return True
 
     def lineReceived(self, line: bytes) -> None:
         # Twisted answers a bare 400; the limit deserves its own status.
@@ -217,6 +245,9 @@ class GuardedSite(Site):
     requestFactory = HardenedRequest
     #: What it counts refusals with (``twistd improto`` sets the router's).
     metrics: Observer = NO_METRICS
+    #: Path -> the WebSocket factory an upgrade of it goes to, or None; from
+    #: a :class:`~improto.web.resources.RootResource` (see :mod:`improto.web.upgrade`).
+    upgrades: Callable[[bytes], Any] | None = None
 
     def __init__(self, resource: IResource, settings: Settings, reactor: Any) -> None:
         super().__init__(resource, timeout=settings.idle_timeout or None, reactor=reactor)
@@ -225,6 +256,7 @@ class GuardedSite(Site):
         #: HTTP connections (not WebSockets) per peer address.
         self.pending = ConnectionCounter(settings.max_handshakes_per_ip)
         self._logged = OncePerKey()
+        self.upgrades = getattr(resource, "upgrade_factory", None)
 
     def buildProtocol(self, addr: IAddress) -> Protocol | None:  # type: ignore[override]
         host = getattr(addr, "host", None)

@@ -97,9 +97,10 @@ def a_connection(factory: WebSocketServerFactory, reason: Failure) -> StringTran
     return transport
 
 
-#: The code that formats Autobahn's debug text (hlval, an f-string, aside).
+#: The code that formats Autobahn's debug text.
 FORMATTERS = {
     autobahn.util.hltype.__code__,
+    autobahn.util.hlval.__code__,
     autobahn.util._qn.__code__,
     pprint.pformat.__code__,
 }
@@ -144,6 +145,7 @@ def test_the_helpers_it_rebinds_are_autobahns_own(stock) -> None:
         for name in names:
             assert getattr(module, name, None) is quiet.STOCK[name], f"{module_name}.{name}: {REVIEW}"
     assert str(inspect.signature(autobahn.util.hltype)) == "(obj)", REVIEW
+    assert str(inspect.signature(autobahn.util.hlval)) == "(val, color='white', bold=True)", REVIEW
 
 
 def hltype_source_hash() -> str:
@@ -189,16 +191,15 @@ def _is_log_call(node: ast.AST) -> bool:
     )
 
 
-def test_every_pformat_is_a_log_argument() -> None:
+def test_every_pformat_and_hlval_is_a_log_argument() -> None:
     """A lazy result is only right where a log observer renders it; a new
     call elsewhere (its result used as a str) must be re-reviewed."""
     found = set()
     for module_name, names in quiet.PATCHED.items():
-        if "pformat" not in names:
-            continue
+        lazy = {"pformat", "hlval"} & set(names)
         source = textwrap.dedent(inspect.getsource(importlib.import_module(module_name)))
         for scope, call, ancestors in _enclosing_calls(ast.parse(source)):
-            if not (isinstance(call.func, ast.Name) and call.func.id == "pformat"):
+            if not (isinstance(call.func, ast.Name) and call.func.id in lazy):
                 continue
             if any(_is_log_call(a) for a in ancestors):
                 continue
@@ -306,6 +307,9 @@ def test_lazy_text_renders_like_the_helper() -> None:
     assert isinstance(text, quiet.LazyText)
     assert (str(text), f"{text}", f"{text:>80}", repr(text)) == (eager, eager, f"{eager:>80}", repr(eager))
     assert quiet.lazy_pformat({"a": 1}) == pprint.pformat({"a": 1})
+    reason = Failure(ConnectionLost())
+    assert f"{quiet.lazy_hlval(reason)}" == autobahn.util.hlval(reason)
+    assert str(quiet.lazy_hlval(7, color="red", bold=False)) == autobahn.util.hlval(7, color="red", bold=False)
 
 
 # -- the small-frame masker (improto.web.framing.create_xor_masker) -------------------------

@@ -10,6 +10,8 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
 from improto import tap
+from improto.web.site import GuardedChannel
+from improto.web.upgrade import upgrade_path
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
 UPGRADE = (
@@ -40,15 +42,29 @@ def site(built):
     return built.site
 
 
-def test_the_http_channel_is_freed_once_a_websocket_takes_over(site):
+def connect(site, *reads: bytes) -> tuple[GuardedChannel, Transport]:
+    channel = site.buildProtocol(PEER)
+    transport = Transport(peerAddress=PEER)
+    transport.protocol = channel
+    channel.makeConnection(transport)
+    for data in reads:
+        transport.protocol.dataReceived(data)
+    return channel, transport
+
+
+def requests_made(site, monkeypatch) -> list[object]:
+    made: list[object] = []
+    factory = site.requestFactory
+    monkeypatch.setattr(site, "requestFactory", lambda *a, **kw: made.append(1) or factory(*a, **kw))
+    return made
+
+
+@pytest.mark.parametrize("reads", [[UPGRADE], [UPGRADE[:20], UPGRADE[20:]]], ids=["direct", "twisted.web"])
+def test_the_http_channel_is_freed_once_a_websocket_takes_over(site, reads):
     """Not left in a reference cycle with its request for the garbage collector."""
     gc.disable()
     try:
-        channel = site.buildProtocol(PEER)
-        transport = Transport(peerAddress=PEER)
-        transport.protocol = channel
-        channel.makeConnection(transport)
-        channel.dataReceived(UPGRADE)
+        channel, transport = connect(site, *reads)
         assert transport.value().startswith(b"HTTP/1.1 101 ")
         assert transport.protocol is not channel
         gone = weakref.ref(channel)
@@ -59,3 +75,71 @@ def test_the_http_channel_is_freed_once_a_websocket_takes_over(site):
         assert site.pending.count("127.0.0.1") == 0
     finally:
         gc.enable()
+
+
+def test_an_upgrade_in_one_read_skips_twisted_web_and_is_answered_alike(site, monkeypatch):
+    made = requests_made(site, monkeypatch)
+    _, direct = connect(site, UPGRADE)
+    assert made == []
+    _, split = connect(site, UPGRADE[:30], UPGRADE[30:])
+    assert made == [1]
+    assert direct.value() == split.value()
+    assert direct.value().startswith(b"HTTP/1.1 101 ")
+    assert b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in direct.value()
+
+
+@pytest.mark.parametrize(("data", "status"), [
+    (UPGRADE.replace(b"/ws/alice", b"/healthz"), b"404"),  # a fixed route
+    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"200"),  # the page
+    (UPGRADE.replace(b"/ws/alice", b"/ws"), b"404"),
+])
+def test_what_is_not_a_chat_upgrade_goes_to_twisted_web(site, monkeypatch, data, status):
+    made = requests_made(site, monkeypatch)
+    _, transport = connect(site, data)
+    assert made == [1]
+    assert transport.value().startswith(b"HTTP/1.1 " + status)
+
+
+def test_frames_right_after_the_head_reach_the_websocket(site):
+    from tests import wsframes
+
+    _, transport = connect(site, UPGRADE + wsframes.client_frame((1000).to_bytes(2, "big"), opcode=8))
+    response = transport.value()
+    assert response.startswith(b"HTTP/1.1 101 ")
+    assert response.endswith(b"\x88\x02\x03\xe8")  # the close answered
+
+
+HEAD = UPGRADE
+
+
+@pytest.mark.parametrize(("data", "path"), [
+    (HEAD, b"/ws/alice"),
+    (HEAD.replace(b"/ws/alice", b"/ws/al%20ice?resume=x"), b"/ws/al%20ice"),
+    (HEAD.replace(b"Upgrade: websocket", b"UPGRADE:WebSocket "), b"/ws/alice"),
+    (HEAD + b"\x81\x85extra", b"/ws/alice"),
+])
+def test_plain_upgrade_heads(data, path):
+    assert upgrade_path(data, 16384) == path
+
+
+@pytest.mark.parametrize("data", [
+    HEAD[:-2],  # not all there yet
+    HEAD.replace(b"GET", b"POST"),
+    HEAD.replace(b"HTTP/1.1", b"HTTP/1.0"),
+    HEAD.replace(b"GET /ws/alice", b"GET http://x/ws/alice"),
+    HEAD.replace(b"Upgrade: websocket", b"Upgrade: h2c"),
+    HEAD.replace(b"Upgrade: websocket\r\n", b""),
+    HEAD.replace(b"\r\n\r\n", b"\r\nContent-Length: 5\r\n\r\n"),
+    HEAD.replace(b"\r\n\r\n", b"\r\nTransfer-Encoding: chunked\r\n\r\n"),
+    HEAD.replace(b"Host: ", b"Host:\r\n 127.0.0.1:9000\r\nX: "),  # a folded line
+    HEAD.replace(b"127.0.0.1", "h\u00f6st".encode()),
+    HEAD.replace(b"\r\nHost", b"\nHost"),
+    HEAD.replace(b"Host:", b"Ho st:"),
+])
+def test_anything_else_is_left_to_twisted_web(data):
+    assert upgrade_path(data, 16384) is None
+
+
+def test_a_head_over_the_limit_is_left_to_twisted_web():
+    assert upgrade_path(HEAD, len(HEAD)) == b"/ws/alice"
+    assert upgrade_path(HEAD, len(HEAD) - 4) is None
