@@ -239,26 +239,35 @@ class IBackend(Interface):
 
 class IPrivateBackend(Interface):
     """
-    Optional: a private message's whole write in one call, for a backend
+    Optional: a private message's whole send in one call, for a backend
     that can make it one round trip (the Redis backend: one script).
     Without it the router makes the same calls one by one
-    (:func:`improto.backends.private.append_private_in_steps`, the
+    (:func:`improto.backends.private.send_private_in_steps`, the
     reference for what this does).
     """
 
-    def append_private(
+    def send_private(
         stream: str, envelope: Envelope, copy_stream: str | None, only_if_seen: str | None,
-        idempotency_key: str | None = None, idempotency_ttl: float = 0,
-    ) -> Deferred[Appended | None]:
+        idempotency_key: str | None = None, idempotency_ttl: float = 0, copy_only_elsewhere: bool = False,
+    ) -> Deferred[Appended | int]:
         """
         With ``only_if_seen``, first :meth:`IBackend.last_seen` of that
-        user: if it is None, do nothing and fire None. Otherwise
-        :meth:`IBackend.append` ``envelope`` to ``stream`` (published on
-        the channel of the same name) and, with ``copy_stream`` and unless
-        the append was a duplicate, append ``for_natives(envelope)`` to
-        ``copy_stream`` likewise, without an idempotency key. Fires, once
-        both are done, with the first append's :class:`Appended`; fails
-        as ``append`` does if either failed.
+        user. If it is None, the message is not stored: :meth:`IBackend.publish`
+        ``envelope`` on the channel named ``stream`` and, if that reached a
+        node and ``copy_stream`` is given, ``for_natives(envelope)`` on the
+        channel named ``copy_stream``; fire with the first publish's node
+        count. ``copy_only_elsewhere=True`` says that this node, although
+        subscribed to ``copy_stream``, has nobody who wants that live copy:
+        the backend may then skip it unless another node subscribes too.
+
+        Otherwise :meth:`IBackend.append` ``envelope`` to ``stream``
+        (published on the channel of the same name) and, with
+        ``copy_stream`` and unless the append was a duplicate,
+        ``for_natives(envelope)`` to ``copy_stream`` likewise, without an
+        idempotency key; fire with the first append's :class:`Appended`.
+
+        It fires once every step is done, and fails as those calls do if
+        any failed.
         """
 
 
@@ -278,11 +287,11 @@ class IImmediateBackend(Interface):
     def publish_now(channel: str, envelope: Envelope) -> int:
         """:meth:`IBackend.publish`, answered at once."""
 
-    def append_private_now(
+    def send_private_now(
         stream: str, envelope: Envelope, copy_stream: str | None, only_if_seen: str | None,
-        idempotency_key: str | None = None, idempotency_ttl: float = 0,
-    ) -> Appended | None:
-        """:meth:`IPrivateBackend.append_private`, answered at once."""
+        idempotency_key: str | None = None, idempotency_ttl: float = 0, copy_only_elsewhere: bool = False,
+    ) -> Appended | int:
+        """:meth:`IPrivateBackend.send_private`, answered at once."""
 
     def subscribers_now(channel: str) -> int:
         """

@@ -159,24 +159,28 @@ class MemoryBackend:
             return fail(self._unavailable("append"))
         return succeed(self._append(stream, channel, envelope, idempotency_key, idempotency_ttl))
 
-    def append_private(
+    def send_private(
         self, stream: str, envelope: Envelope, copy_stream: str | None, only_if_seen: str | None,
-        idempotency_key: str | None = None, idempotency_ttl: float = 0,
-    ) -> Deferred[Appended | None]:
+        idempotency_key: str | None = None, idempotency_ttl: float = 0, copy_only_elsewhere: bool = False,
+    ) -> Deferred[Appended | int]:
         try:
-            return succeed(self.append_private_now(
-                stream, envelope, copy_stream, only_if_seen, idempotency_key, idempotency_ttl))
+            return succeed(self.send_private_now(
+                stream, envelope, copy_stream, only_if_seen, idempotency_key, idempotency_ttl, copy_only_elsewhere))
         except BackendUnavailable:
             return fail()
 
-    def append_private_now(
+    def send_private_now(
         self, stream: str, envelope: Envelope, copy_stream: str | None, only_if_seen: str | None,
-        idempotency_key: str | None = None, idempotency_ttl: float = 0,
-    ) -> Appended | None:
+        idempotency_key: str | None = None, idempotency_ttl: float = 0, copy_only_elsewhere: bool = False,
+    ) -> Appended | int:
         if self._state is not BackendState.OK:
-            raise self._unavailable("append")
+            raise self._unavailable("send")
         if only_if_seen is not None and self.hub.streams.last_seen(only_if_seen) is None:
-            return None
+            receivers = self._deliver(stream, envelope)
+            if receivers and copy_stream is not None and (
+                    not copy_only_elsewhere or self._subscribed_elsewhere(copy_stream)):
+                self._deliver(copy_stream, for_natives(envelope))
+            return receivers
         appended = self._append(stream, stream, envelope, idempotency_key, idempotency_ttl)
         if copy_stream is not None and not appended.duplicate:
             self._append(copy_stream, copy_stream, for_natives(envelope), None, 0)
@@ -217,6 +221,9 @@ class MemoryBackend:
 
     def last_seen(self, user: str) -> Deferred[int | None]:
         return succeed(self.hub.streams.last_seen(user))
+
+    def _subscribed_elsewhere(self, channel: str) -> bool:
+        return any(node != self.node_id for node in self.hub.channels.get(channel) or ())
 
     def subscribers_now(self, channel: str) -> int:
         if self._state is not BackendState.OK:

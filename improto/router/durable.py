@@ -29,7 +29,7 @@ from improto.backends.interface import (
     IImmediateBackend,
     IPrivateBackend,
 )
-from improto.backends.private import append_private_in_steps
+from improto.backends.private import send_private_in_steps
 from improto.protocol import codec, streams
 from improto.protocol.codec import ErrorCode, ProtocolError
 from improto.router.channels import group_channel, user_channel
@@ -158,13 +158,15 @@ class DurableMessages:
 
     def send_to_user(
         self, session: Session, to: str, envelope: Envelope, request_id: str | None,
-        unknown: Callable[[], None],
+        live: Callable[[int], None], copy_only_elsewhere: bool = False,
     ) -> None:
         """
         Store and deliver a private message to a user seen within the inbox
         lifetime, with a copy in the sender's stream (its other devices and
-        its own resume see it too); for anyone else call ``unknown()`` (the
-        live-only path, which refuses users that are not online).
+        its own resume see it too). Anyone else gets it live if online, and
+        ``live`` is called with the number of nodes it reached (0: refused);
+        ``copy_only_elsewhere``: no session here wants the sender's live copy
+        (see :class:`~improto.backends.interface.IPrivateBackend`).
         """
         stream = user_channel(to)
         to_someone_else = to != session.user
@@ -174,27 +176,30 @@ class DurableMessages:
         window = self.settings.idempotency_window
         if self._now is None:
             if self._private is not None:
-                d = self._private.append_private(stream, envelope, copy_stream, only_if_seen, key, window)
+                d = self._private.send_private(
+                    stream, envelope, copy_stream, only_if_seen, key, window, copy_only_elsewhere)
             else:
-                d = append_private_in_steps(self._backend, stream, envelope, copy_stream, only_if_seen, key, window)
+                d = send_private_in_steps(
+                    self._backend, stream, envelope, copy_stream, only_if_seen, key, window, copy_only_elsewhere)
             d.addCallbacks(
                 self._appended, self._replies.failed,
-                callbackArgs=(session, stream, request_id, unknown), errbackArgs=(session, request_id),
+                callbackArgs=(session, stream, request_id, live), errbackArgs=(session, request_id),
             )
             return
         try:
-            result = self._now.append_private_now(stream, envelope, copy_stream, only_if_seen, key, window)
+            result = self._now.send_private_now(
+                stream, envelope, copy_stream, only_if_seen, key, window, copy_only_elsewhere)
         except Exception:
             self._replies.failed(Failure(), session, request_id)
             return
-        self._appended(result, session, stream, request_id, unknown)
+        self._appended(result, session, stream, request_id, live)
 
     def _appended(
-        self, result: Appended | None, session: Session, stream: str, request_id: str | None,
-        unknown: Callable[[], None],
+        self, result: Appended | int, session: Session, stream: str, request_id: str | None,
+        live: Callable[[int], None],
     ) -> None:
-        if result is None:
-            unknown()
+        if isinstance(result, int):
+            live(result)
         else:
             self._acked(session, request_id, stream, result)
 

@@ -167,7 +167,8 @@ class Inbound:
         if self._router.durable.enabled:
             self._router.durable.send_to_user(
                 session, command.to, envelope, command.id,
-                lambda: self._publish_private(session, command, envelope))
+                lambda receivers: self._answer_live(receivers, session, command),
+                self._no_copy_wanted_here(session))
             return
         self._publish_private(session, command, envelope)
 
@@ -187,9 +188,8 @@ class Inbound:
             callbackArgs=(session, command, envelope), errbackArgs=(session, command.id),
         )
 
-    def _delivered(
-        self, receivers: int, session: Session, command: codec.SendToUser, envelope: Envelope
-    ) -> None:
+    def _answer_live(self, receivers: int, session: Session, command: codec.SendToUser) -> None:
+        """A private message published live reached ``receivers`` nodes: ack, or refuse if none."""
         if receivers == 0:
             self._replies.refuse(
                 session,
@@ -199,8 +199,13 @@ class Inbound:
                     command.id,
                 ),
             )
-            return
-        if command.to != session.user:
+        else:
+            self._replies.ack(session, command.id)
+
+    def _delivered(
+        self, receivers: int, session: Session, command: codec.SendToUser, envelope: Envelope
+    ) -> None:
+        if receivers and command.to != session.user:
             # The sender's other devices see what was sent from this one.
             channel = user_channel(session.user)
             if self._now is None:
@@ -211,7 +216,7 @@ class Inbound:
                     self._now.publish_now(channel, for_natives(envelope))
                 except Exception:
                     self._replies.failed(Failure(), None, None)
-        self._replies.ack(session, command.id)
+        self._answer_live(receivers, session, command)
 
     def _reaches_nobody(self, session: Session, channel: str) -> bool:
         """
@@ -222,8 +227,10 @@ class Inbound:
         a live publish stores nothing, so a skipped one changes nothing.
         """
         now = self._now
-        if now is None or now.subscribers_now(channel) != 1:
-            return False
+        return now is not None and now.subscribers_now(channel) == 1 and self._no_copy_wanted_here(session)
+
+    def _no_copy_wanted_here(self, session: Session) -> bool:
+        """No other native session of the sender is on this node (the copy's audience)."""
         for other in self._router.sessions_of(session.user):
             if other.native and other is not session:
                 return False

@@ -20,7 +20,7 @@ from twisted.internet.task import deferLater
 
 from improto.backends.interface import Audience, BackendState, Envelope, IPrivateBackend, Retention
 from improto.backends.memory import MemoryBackend, MemoryHub
-from improto.backends.private import append_private_in_steps
+from improto.backends.private import send_private_in_steps
 from improto.backends.redis.backend import RedisBackend
 
 
@@ -208,35 +208,41 @@ async def test_stopped_backend_refuses_appends(nodes: Nodes) -> None:
         await nodes.a.history("group:g", 0, 10)
 
 
-def append_private(node: Any) -> Callable[..., Any]:
-    """The node's own one-call write if it has one, else the reference made of plain calls."""
+def send_private(node: Any) -> Callable[..., Any]:
+    """The node's own one-call send if it has one, else the reference made of plain calls."""
     own = IPrivateBackend(node, None)
     if own is not None:
-        return own.append_private
-    return functools.partial(append_private_in_steps, node)
+        return own.send_private
+    return functools.partial(send_private_in_steps, node)
 
 
 @pytest_twisted.ensureDeferred
-async def test_private_append_to_an_unseen_user_does_nothing(nodes: Nodes) -> None:
-    got: list[Envelope] = []
-    await nodes.b.subscribe("user:bob", got.append)
-    await nodes.b.subscribe("user:alice", got.append)
-    result = await append_private(nodes.a)("user:bob", envelope(), "user:alice", "bob", "alice\nid-1", 300)
-    assert result is None
+async def test_a_private_message_to_an_unseen_user_is_published_live_not_stored(nodes: Nodes) -> None:
+    to_bob: list[Envelope] = []
+    to_alice: list[Envelope] = []
+    sent = envelope(b'{"to":"bob"}', exclude_session="s1")
+    # Nobody listens: nothing is delivered, not even the sender's copy.
+    await nodes.b.subscribe("user:alice", to_alice.append)
+    assert await send_private(nodes.a)("user:bob", sent, "user:alice", "bob", "alice\nid-1", 300) == 0
+    await nodes.b.subscribe("user:bob", to_bob.append)
+    assert await send_private(nodes.a)("user:bob", sent, "user:alice", "bob", "alice\nid-1", 300) == 1
+    await eventually(lambda: len(to_bob) == 1 and len(to_alice) == 1)
+    assert to_bob == [sent]
+    assert to_alice == [attrs.evolve(sent, audience=Audience.NATIVE)]
     for stream in ("user:bob", "user:alice"):
         page = await nodes.b.history(stream, 0, 10)
         assert (page.messages, page.last_seq) == ([], 0)
-    # Seen now: the same key is not taken by the refused attempt.
+    # Seen now: stored, and the key was not taken by the live sends.
     await nodes.b.mark_seen("bob", 0, 60)
-    result = await append_private(nodes.a)("user:bob", envelope(), "user:alice", "bob", "alice\nid-1", 300)
+    result = await send_private(nodes.a)("user:bob", sent, "user:alice", "bob", "alice\nid-1", 300)
+    assert not isinstance(result, int)
     assert (result.seq, result.receivers, result.duplicate) == (1, 1, False)
-    await eventually(lambda: len(got) == 2)
-    assert sorted((e.stream, e.seq, e.audience) for e in got) == [
-        ("user:alice", 1, Audience.NATIVE), ("user:bob", 1, Audience.ALL)]
+    await eventually(lambda: len(to_bob) == 2 and len(to_alice) == 2)
+    assert (to_bob[1].stream, to_bob[1].seq, to_alice[1].stream, to_alice[1].seq) == ("user:bob", 1, "user:alice", 1)
 
 
 @pytest_twisted.ensureDeferred
-async def test_private_append_stores_the_message_and_the_senders_copy(nodes: Nodes) -> None:
+async def test_a_private_message_to_a_seen_user_is_stored_with_the_senders_copy(nodes: Nodes) -> None:
     to_bob: list[Envelope] = []
     to_alice: list[Envelope] = []
     await nodes.b.subscribe("user:bob", to_bob.append)
@@ -244,8 +250,8 @@ async def test_private_append_stores_the_message_and_the_senders_copy(nodes: Nod
     await nodes.a.append("user:alice", "user:alice", envelope(b"earlier"))
     await nodes.a.mark_seen("bob", 0, 60)
     sent = envelope(b'{"to":"bob"}', exclude_session="s1")
-    first = await append_private(nodes.a)("user:bob", sent, "user:alice", "bob", "alice\nid-1", 300)
-    again = await append_private(nodes.b)("user:bob", sent, "user:alice", "bob", "alice\nid-1", 300)
+    first = await send_private(nodes.a)("user:bob", sent, "user:alice", "bob", "alice\nid-1", 300)
+    again = await send_private(nodes.b)("user:bob", sent, "user:alice", "bob", "alice\nid-1", 300)
     assert (first.seq, first.receivers, first.duplicate) == (1, 1, False)
     assert (again.seq, again.receivers, again.duplicate) == (1, 1, True)
     await eventually(lambda: len(to_bob) == 1 and len(to_alice) == 2)
@@ -255,15 +261,33 @@ async def test_private_append_stores_the_message_and_the_senders_copy(nodes: Nod
     assert (await nodes.b.history("user:bob", 0, 10)).messages == to_bob
     assert (await nodes.b.history("user:alice", 1, 10)).messages == [copy]
     # No copy stream, no seen check: a message to oneself.
-    mine = await append_private(nodes.a)("user:alice", envelope(b"note"), None, None)
+    mine = await send_private(nodes.a)("user:alice", envelope(b"note"), None, None)
     assert (mine.seq, mine.duplicate) == (3, False)
     assert [e.seq for e in (await nodes.b.history("user:alice", 0, 10)).messages] == [1, 2, 3]
 
 
 @pytest_twisted.ensureDeferred
-async def test_stopped_backend_refuses_private_appends(nodes: Nodes) -> None:
+async def test_stopped_backend_refuses_private_messages(nodes: Nodes) -> None:
     from improto.backends.interface import BackendUnavailable
 
     await nodes.a.stop()
     with pytest.raises(BackendUnavailable):
-        await append_private(nodes.a)("user:bob", envelope(), "user:alice", None)
+        await send_private(nodes.a)("user:bob", envelope(), "user:alice", None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_live_copy_wanted_only_elsewhere_is_skipped_when_nobody_else_subscribes(nodes: Nodes) -> None:
+    here: list[Envelope] = []
+    there: list[Envelope] = []
+    await nodes.b.subscribe("user:bob", lambda e: None)
+    await nodes.a.subscribe("user:alice", here.append)
+    send = send_private(nodes.a)
+    assert await send("user:bob", envelope(b"1"), "user:alice", "bob", copy_only_elsewhere=True) == 1
+    await nodes.b.subscribe("user:alice", there.append)
+    assert await send("user:bob", envelope(b"2"), "user:alice", "bob", copy_only_elsewhere=True) == 1
+    await eventually(lambda: len(there) == 1)
+    # A hint: only a backend with its own send_private can count subscribers.
+    skips = IPrivateBackend(nodes.a, None) is not None
+    await eventually(lambda: len(here) == (1 if skips else 2))
+    assert [e.data for e in here] == ([b"2"] if skips else [b"1", b"2"])
+    assert [e.data for e in there] == [b"2"]

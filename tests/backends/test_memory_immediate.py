@@ -28,15 +28,16 @@ def test_the_immediate_calls_do_what_the_deferred_ones_do() -> None:
     env = Envelope(a.node_id, "s1", b"hi")
     assert a.publish_now("user:bob", env) == 1 == fired(a.publish("user:bob", env))
     assert a.publish_now("user:nobody", env) == 0
-    assert a.append_private_now("user:bob", env, "user:alice", "bob", "k", 60) is None
+    assert a.send_private_now("user:bob", env, "user:alice", "bob", "k", 60) == 1  # unseen: live
     a.mark_seen("bob", 2, 60)
-    first = a.append_private_now("user:bob", env, "user:alice", "bob", "k", 60)
-    again = a.append_private_now("user:bob", env, "user:alice", "bob", "k", 60)
-    other = fired(a.append_private("user:bob", env, None, None))
+    first = a.send_private_now("user:bob", env, "user:alice", "bob", "k", 60)
+    again = a.send_private_now("user:bob", env, "user:alice", "bob", "k", 60)
+    other = fired(a.send_private("user:bob", env, None, None))
     assert (first.seq, first.receivers, first.duplicate) == (1, 1, False)
     assert (again.seq, again.duplicate) == (1, True) and other.seq == 2
-    assert [(e.stream, e.seq) for e in heard] == [(None, None), (None, None), ("user:bob", 1), ("user:bob", 2)]
-    assert fired(a.append_private("user:carol", env, None, "carol")) is None
+    assert [(e.stream, e.seq) for e in heard] == [
+        (None, None), (None, None), (None, None), ("user:bob", 1), ("user:bob", 2)]
+    assert fired(a.send_private("user:carol", env, None, "carol")) == 0
 
 def test_a_stopped_backend_raises_what_its_deferreds_fail_with() -> None:
     backend = MemoryBackend()
@@ -46,7 +47,7 @@ def test_a_stopped_backend_raises_what_its_deferreds_fail_with() -> None:
     with pytest.raises(BackendUnavailable):
         backend.publish_now("user:bob", env)
     with pytest.raises(BackendUnavailable):
-        backend.append_private_now("user:bob", env, None, None)
+        backend.send_private_now("user:bob", env, None, None)
     assert fired(backend.publish("user:bob", env)).check(BackendUnavailable)
     assert fired(backend.append("user:bob", "user:bob", env)).check(BackendUnavailable)
-    assert fired(backend.append_private("user:bob", env, None, None)).check(BackendUnavailable)
+    assert fired(backend.send_private("user:bob", env, None, None)).check(BackendUnavailable)

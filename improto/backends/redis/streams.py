@@ -17,9 +17,9 @@ receives is the one stored, and seqs of a stream are published in order.
 On Redis Cluster (``sharded=True``) the script publishes with ``SPUBLISH``:
 the cluster backend names a stream's channel ``P{<stream>}``, in the
 stream's slot, as Redis requires of a script's keys and shard channels.
-``PRIVATE`` is a private message's whole write in one script (the
-recipient's ``seen`` key read, its stream appended, the sender's copy
-appended: ``IPrivateBackend``); its keys span two users' slots, so Redis
+``PRIVATE`` is a private message's whole send in one script (the
+recipient's ``seen`` key read, then its stream and the sender's copy
+appended, or both published live if it was not seen: ``IPrivateBackend``); its keys span two users' slots, so Redis
 Cluster does not load it and makes the plain calls instead.
 The log is trimmed to exactly ``size`` entries; entries older than
 ``age`` are dropped when history is read, and the whole log expires
@@ -45,9 +45,16 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
 # ARGV[4..6]: size, age_ms, idem_ttl_ms, shared by every append of one script.
-_APPEND_FUNCTION = (
-    _NOW_MS
-    + """
+# TIME only when something is stored: a script that only publishes skips it.
+_APPEND_FUNCTION = """
+local now = nil
+local function now_ms()
+  if not now then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return now
+end
 local function append(seq_key, log_key, idem_key, channel, head, data)
   if idem_key then
     local prev = redis.call('GET', idem_key)
@@ -57,7 +64,7 @@ local function append(seq_key, log_key, idem_key, channel, head, data)
   local payload = head .. string.char(#s) .. s .. data
   local size = tonumber(ARGV[4])
   if size > 0 then
-    redis.call('XADD', log_key, 'MAXLEN', size, s .. '-0', 'e', payload, 't', string.format('%d', now))
+    redis.call('XADD', log_key, 'MAXLEN', size, s .. '-0', 'e', payload, 't', string.format('%d', now_ms()))
     redis.call('PEXPIRE', log_key, ARGV[5])
   end
   local n = redis.call('PUBLISH', channel, payload)
@@ -66,7 +73,6 @@ local function append(seq_key, log_key, idem_key, channel, head, data)
   return 0, result
 end
 """
-)
 
 # KEYS: seq, log[, idem]  ARGV: channel, head, data, size, age_ms, idem_ttl_ms
 _APPEND = (
@@ -77,19 +83,29 @@ return {duplicate, result}
 """
 )
 
-# IPrivateBackend.append_private. KEYS: seq, log, seen, idem, copy seq, copy log
-# ARGV: channel, head, data, size, age_ms, idem_ttl_ms, copy channel, copy head,
-# flags: 's' check seen, 'i' idempotent, 'c' copy. Replies {2, ''} when unseen.
+# IPrivateBackend.send_private. KEYS: seq, log, seen, idem, copy seq, copy log
+# ARGV: channel, head, data, size, age_ms, idem_ttl_ms, copy channel, copy head, then
+# flags, each '1' or '': check seen, idempotent, copy, copy only elsewhere (live: only
+# if another node subscribes, this one being one). Replies {2, nodes} when unseen:
+# published live, as version 1 (the head without its stream; see wire.py).
 _PRIVATE = (
     _APPEND_FUNCTION
     + """
-local flags = ARGV[9]
-if string.find(flags, 's', 1, true) and not redis.call('GET', KEYS[3]) then return {2, ''} end
-local idem = string.find(flags, 'i', 1, true) and KEYS[4] or nil
-local duplicate, result = append(KEYS[1], KEYS[2], idem, ARGV[1], ARGV[2], ARGV[3])
-if duplicate == 0 and string.find(flags, 'c', 1, true) then
-  append(KEYS[5], KEYS[6], nil, ARGV[7], ARGV[8], ARGV[3])
+local function unpositioned(head)
+  local stream_len = string.byte(head, 10) * 256 + string.byte(head, 11)
+  return '\\1' .. string.sub(head, 2, 9) .. string.sub(head, 12, #head - stream_len)
 end
+local copy = ARGV[11] ~= ''
+if ARGV[9] ~= '' and not redis.call('GET', KEYS[3]) then
+  local n = redis.call('PUBLISH', ARGV[1], unpositioned(ARGV[2]) .. ARGV[3])
+  if n > 0 and copy and (ARGV[12] == '' or redis.call('PUBSUB', 'NUMSUB', ARGV[7])[2] > 1) then
+    redis.call('PUBLISH', ARGV[7], unpositioned(ARGV[8]) .. ARGV[3])
+  end
+  return {2, n}
+end
+local idem = ARGV[10] ~= '' and KEYS[4] or nil
+local duplicate, result = append(KEYS[1], KEYS[2], idem, ARGV[1], ARGV[2], ARGV[3])
+if duplicate == 0 and copy then append(KEYS[5], KEYS[6], nil, ARGV[7], ARGV[8], ARGV[3]) end
 return {duplicate, result}
 """
 )
@@ -149,14 +165,18 @@ def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
+def _flag(on: bool) -> bytes:
+    return b"1" if on else b""
+
+
 def _appended(reply: list[Any]) -> Appended:
     duplicate, result = reply
     seq, receivers = result.split(b":")
     return Appended(int(seq), int(receivers), bool(duplicate))
 
 
-def _private_appended(reply: list[Any]) -> Appended | None:
-    return None if reply[0] == 2 else _appended(reply)
+def _private_sent(reply: list[Any]) -> Appended | int:
+    return int(reply[1]) if reply[0] == 2 else _appended(reply)
 
 
 class StreamStore:
@@ -167,9 +187,19 @@ class StreamStore:
         self._append = APPEND_SHARDED if sharded else APPEND
         # A private message's two streams are in different cluster slots.
         self._scripts = [self._append, HISTORY, MARK_SEEN] + ([] if sharded else [PRIVATE])
+        self._keys: dict[str, tuple[bytes, bytes]] = {}
 
     def key(self, stream: str, suffix: str) -> bytes:
         return b"".join((self.prefix, b"{", stream.encode("utf-8"), b"}:", suffix.encode("utf-8")))
+
+    def _stream_keys(self, stream: str) -> tuple[bytes, bytes]:
+        """``stream``'s seq and log keys, remembered (a private message needs four)."""
+        keys = self._keys.get(stream)
+        if keys is None:
+            if len(self._keys) >= 4096:
+                self._keys.clear()
+            keys = self._keys[stream] = (self.key(stream, "seq"), self.key(stream, "log"))
+        return keys
 
     def load_scripts(self, conn: RespConnection) -> Deferred[Any]:
         return gatherResults([s.load(conn) for s in self._scripts], consumeErrors=True)
@@ -188,31 +218,30 @@ class StreamStore:
 
         return self._append.run(conn, keys, args).addCallback(_appended)
 
-    def append_private(
+    def send_private(
         self, conn: RespConnection, channel_prefix: bytes, stream: str, envelope: Envelope,
         copy_stream: str | None, only_if_seen: str | None, retention: Retention,
-        idempotency_key: str | None, idempotency_ttl: float,
-    ) -> Deferred[Appended | None]:
+        idempotency_key: str | None, idempotency_ttl: float, copy_only_elsewhere: bool,
+    ) -> Deferred[Appended | int]:
         """One ``PRIVATE`` script: see :class:`~improto.backends.interface.IPrivateBackend`."""
         idempotent = idempotency_key is not None and idempotency_ttl > 0
         # Keys a flag leaves unused are still declared, as a script's keys must be.
         copy = copy_stream or stream
+        seq, log = self._stream_keys(stream)
+        copy_seq, copy_log = self._stream_keys(copy)
         keys = [
-            self.key(stream, "seq"), self.key(stream, "log"),
-            self.key("user:" + (only_if_seen or ""), "seen"),
-            self.key(stream, "idem:" + (idempotency_key or "")),
-            self.key(copy, "seq"), self.key(copy, "log"),
+            seq, log, self.key("user:" + (only_if_seen or ""), "seen"),
+            self.key(stream, f"idem:{idempotency_key}") if idempotent else seq,
+            copy_seq, copy_log,
         ]
-        flags = "".join((
-            "s" if only_if_seen is not None else "", "i" if idempotent else "",
-            "c" if copy_stream is not None else "",
-        ))
         args: list[bytes | str | int] = [
             channel_prefix + stream.encode("utf-8"), encode_head(envelope, stream), envelope.data,
             retention.size, _ms(retention.age), _ms(idempotency_ttl),
-            channel_prefix + copy.encode("utf-8"), encode_head(for_natives(envelope), copy), flags,
+            channel_prefix + copy.encode("utf-8"), encode_head(for_natives(envelope), copy),
+            _flag(only_if_seen is not None), _flag(idempotent), _flag(copy_stream is not None),
+            _flag(copy_only_elsewhere),
         ]
-        return PRIVATE.run(conn, keys, args).addCallback(_private_appended)
+        return PRIVATE.run(conn, keys, args).addCallback(_private_sent)
 
     def history(
         self, conn: RespConnection, stream: str, after: int, limit: int, before: int | None,

@@ -38,6 +38,7 @@ VERSION = 1
 VERSION_POSITIONED = 2
 _HEADER = struct.Struct("!BBBHHH")
 _STREAM_LEN = struct.Struct("!H")
+_HEADER_POSITIONED = struct.Struct("!BBBHHHH")
 _BINARY = 0x01
 _HAS_EXCLUDE = 0x02
 _AUDIENCE_CODES = {Audience.ALL: 0, Audience.NATIVE: 1}
@@ -75,12 +76,18 @@ def encode_envelope(envelope: Envelope) -> bytes:
 
 def encode_head(envelope: Envelope, stream: str) -> bytes:
     """A version-2 envelope up to its seq: what the append script completes."""
-    v1 = encode_envelope(attrs.evolve(envelope, data=b""))
+    node = envelope.origin_node.encode("utf-8")
+    session = envelope.origin_session.encode("utf-8")
+    exclude = b"" if envelope.exclude_session is None else envelope.exclude_session.encode("utf-8")
+    flags = (_BINARY if envelope.binary else 0) | (
+        _HAS_EXCLUDE if envelope.exclude_session is not None else 0
+    )
     encoded = stream.encode("utf-8")
-    return b"".join((
-        bytes([VERSION_POSITIONED]), v1[1:_HEADER.size], _STREAM_LEN.pack(len(encoded)),
-        v1[_HEADER.size:], encoded,
-    ))
+    header = _HEADER_POSITIONED.pack(
+        VERSION_POSITIONED, flags, _AUDIENCE_CODES[envelope.audience],
+        len(node), len(session), len(exclude), len(encoded),
+    )
+    return b"".join((header, node, session, exclude, encoded))
 
 
 def decode_envelope(payload: bytes) -> Envelope:
