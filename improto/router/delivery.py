@@ -155,5 +155,5 @@ class Replies:
         """True the first time ``key`` is seen for ``session``: log once, not per frame."""
         if key in session.logged:
             return False
-        session.logged.add(key)
+        session.logged = session.logged | {key}
         return True

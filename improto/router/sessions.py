@@ -56,7 +56,8 @@ class Session:
     #: Groups this session may join (token mode's ``groups`` claim); None = any.
     allowed_groups: frozenset[str] | None = None
     #: Error codes already logged for this session: log once, not per frame.
-    logged: set[str] = attrs.field(factory=set)
+    #: Usually none, so one shared empty frozenset until then (a set each is 216 B).
+    logged: frozenset[str] = frozenset()
     #: A :class:`improto.router.resume.Replay` while a resume runs, else None.
     replay: Any = None
 

@@ -57,6 +57,14 @@ _NO_LISTENERS.callback([])
 #: True while a broadcast sends at once where a member has nothing
 #: buffered (:class:`improto.web.flush.Turns` says which do).
 _sending_now = False
+#: True while a broadcast runs whose members' writes may skip Autobahn's
+#: ``sendData`` (:func:`_quiet_writes`, asked once per broadcast, not per member).
+_broadcast_quiet = False
+
+
+def _quiet_writes() -> bool:
+    """Whether an open connection's plain writes may skip Autobahn's ``sendData``."""
+    return quiet.active and txaio.get_global_log_level() not in _DEBUG_LEVELS  # type: ignore[attr-defined]
 
 
 class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
@@ -165,8 +173,8 @@ class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             or self.send_queue
             or self.logOctets
             or self.state != _OPEN
-            or not quiet.active
-            or txaio.get_global_log_level() in _DEBUG_LEVELS  # type: ignore[attr-defined]
+            or not (_broadcast_quiet or (
+                quiet.active and txaio.get_global_log_level() not in _DEBUG_LEVELS))  # type: ignore[attr-defined]
         ):
             super().sendData(data, sync, chopsize)
             return
@@ -238,13 +246,14 @@ class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         frame it once per context-free compression setting (see
         :mod:`improto.web.framing` for why that one is ours).
         """
-        global _sending_now
+        global _sending_now, _broadcast_quiet
         turns = getattr(links[0].factory, "turns", None) if links else None
         _sending_now = turns is not None and turns.direct()
+        _broadcast_quiet = _quiet_writes()
         try:
             cls._broadcast(links, data, binary)
         finally:
-            _sending_now = False
+            _sending_now = _broadcast_quiet = False
 
     @staticmethod
     def _broadcast(links: Sequence[Any], data: bytes, binary: bool) -> None:
@@ -257,7 +266,12 @@ class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             if key is None:
                 if prepared is None:
                     prepared = link.factory.prepareMessage(data, binary)
-                link.sendPreparedMessage(prepared)
+                if link._perMessageCompress is None:
+                    # sendPreparedMessage's own branch for an uncompressed link
+                    # (hash-pinned in tests/web/test_autobahn_quiet.py), one call fewer a member.
+                    link.sendData(prepared.payloadHybi)
+                else:
+                    link.sendPreparedMessage(prepared)
                 continue
             wire = compressed.get(key)
             if wire is None:

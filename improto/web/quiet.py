@@ -119,7 +119,7 @@ def lazy_pformat(obj: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def lazy_hlval(val: Any, color: str = "white", bold: bool = True) -> LazyText:
-    return LazyText(autobahn.util.hlval, val, color=color, bold=bold)
+    return LazyText(autobahn.util.hlval, val, color, bold)
 
 
 REBOUND: dict[str, Callable[..., Any]] = {

@@ -45,6 +45,9 @@ NOT_LOGGED = {("autobahn.websocket.protocol", "pformat", "Timings.__str__")}
 #: sha256 of Autobahn's sendData, whose open-connection path LinkProtocol.sendData
 #: re-states without the log.debug call, as reviewed.
 REVIEWED_SEND_DATA = "5dcca425b048b07eb27d56a625a790d7a8e48fbe958753074cb1e55e174b2423"
+#: sha256 of Autobahn's sendPreparedMessage, whose uncompressed branch
+#: LinkProtocol._broadcast re-states, as reviewed.
+REVIEWED_SEND_PREPARED = "207ccbb3f0d5085cf619f0ac6552e0c2257f3b2761e62c7130df827667622f10"
 REVIEWED_HLTYPE = "243cd21fc85579c400326e837d9a1f94322139fab494b1fbcb37654dcd285199"
 
 
@@ -240,6 +243,37 @@ def autobahn_send_data_calls(debug: bool) -> tuple[int, bytes, int]:
     calls = calls_to({WebSocketProtocol.sendData.__code__},
                      lambda: protocol.send_frame(b"hello", False), "debug" if debug else "info")
     return len(calls), transport.value(), protocol.trafficStats.outgoingOctetsWireLevel - counted
+
+
+def test_send_prepared_message_is_the_reviewed_one() -> None:
+    from autobahn.websocket.protocol import WebSocketProtocol
+
+    source = inspect.getsource(WebSocketProtocol.sendPreparedMessage)
+    assert hashlib.sha256(source.encode()).hexdigest() == REVIEWED_SEND_PREPARED, (
+        f"{REVIEW}: Autobahn's sendPreparedMessage changed; LinkProtocol._broadcast re-states "
+        "its branch for an uncompressed link"
+    )
+
+
+def broadcast_calls(debug: bool) -> tuple[int, list[bytes]]:
+    """Calls of Autobahn's sendData and sendPreparedMessage for one broadcast to
+    two open improto connections, and what each was sent."""
+    from autobahn.websocket.protocol import WebSocketProtocol
+
+    links = [_chat_connection(f"/ws/{name}") for name in ("alice", "bob")]
+    for _, transport in links:
+        transport.clear()
+    codes = {WebSocketProtocol.sendData.__code__, WebSocketProtocol.sendPreparedMessage.__code__}
+    protocols = [p for p, _ in links]
+    calls = calls_to(codes, lambda: type(protocols[0]).broadcast(protocols, b"hi", False),
+                     "debug" if debug else "info")
+    return len(calls), [t.value() for _, t in links]
+
+
+def test_a_broadcast_writes_without_autobahns_send_data_unless_debugging() -> None:
+    fast, debugging = broadcast_calls(False), broadcast_calls(True)
+    assert (fast[0], debugging[0]) == (0, 2)
+    assert fast[1] == debugging[1] == [bytes((0x81, 2)) + b"hi"] * 2
 
 
 def test_an_open_connection_writes_without_autobahns_send_data_unless_debugging() -> None:
