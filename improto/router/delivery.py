@@ -47,15 +47,22 @@ def deliver(sessions: Collection[Session], envelope: Envelope, table: SessionTab
     by_class: dict[type, list[SessionLink]] = {}
     #: Native links of a stored envelope: they get it with its position.
     positioned: dict[type, list[SessionLink]] = {}
+    exclude = envelope.exclude_session
     for s in sessions:
-        if s.id == envelope.exclude_session or (native_only and not s.native):
+        if s.id == exclude or (native_only and not s.native):
             continue
         if stored and s.native:
             if s.replay is not None and s.replay.hold(envelope):
                 continue
-            positioned.setdefault(type(s.link), []).append(s.link)
+            groups = positioned
         else:
-            by_class.setdefault(type(s.link), []).append(s.link)
+            groups = by_class
+        link = s.link
+        # get, not setdefault: no new empty list per member.
+        links = groups.get(type(link))
+        if links is None:
+            links = groups[type(link)] = []
+        links.append(link)
     handed = _broadcast(by_class, envelope.data, envelope.binary)
     if positioned:
         data = streams.positioned(envelope.data, envelope.stream or "", envelope.seq or 0)
