@@ -212,6 +212,10 @@ class Conn:
             self._answer(kind, frame)
         elif kind == "presence":
             self.stats.counts["recv.presence"] += 1
+        elif kind == "gap":
+            # The inbox of a returning user reaches back past the history the
+            # soak servers keep (--history-age): the protocol says so with a gap.
+            self.stats.counts["recv.gap"] += 1
         elif kind == "welcome":
             self.welcomed.set()
         else:
