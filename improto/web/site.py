@@ -147,17 +147,15 @@ class GuardedChannel(HTTPChannel):
             return False
         path = upgrade_path(data, self.totalHeadersSize)
         factory = None if path is None else upgrades(path)
-        if factory is None:
+        protocol = None if factory is None else factory.buildProtocol(self.transport.getPeer())
+        if protocol is None:
             return False
-        transport = self.transport
+        transport, self.transport = self.transport, None
         self._disarm()
         self.setTimeout(None)
-        self.transport = None
-        if not hand_over(transport, factory, data):
-            self.transport = transport
-            return False
         # No longer an HTTP connection of this address (as in allContentReceived).
         self._give_back()
+        hand_over(transport, protocol, data)
         return True
 
     def lineReceived(self, line: bytes) -> None:

@@ -48,19 +48,14 @@ def upgrade_path(data: bytes, limit: int) -> bytes | None:
     return match.group(1).split(b"?", 1)[0]
 
 
-def hand_over(transport: Any, factory: Any, data: bytes) -> bool:
+def hand_over(transport: Any, protocol: Any, data: bytes) -> None:
     """
-    Make a protocol of ``factory`` the owner of ``transport`` and give it
-    ``data``, as ``autobahn.twisted.resource.WebSocketResource.render``
-    does; False (nothing changed) if the factory builds none.
+    Make ``protocol`` the owner of ``transport`` and give it ``data``, as
+    ``autobahn.twisted.resource.WebSocketResource.render`` does.
     """
-    protocol = factory.buildProtocol(transport.getPeer())
-    if protocol is None:
-        return False
     if isinstance(transport, ProtocolWrapper):  # TLS
         transport.wrappedProtocol = protocol
     else:
         transport.protocol = protocol
     protocol.makeConnection(transport)
     protocol.dataReceived(data)
-    return True

@@ -143,3 +143,22 @@ def test_anything_else_is_left_to_twisted_web(data):
 def test_a_head_over_the_limit_is_left_to_twisted_web():
     assert upgrade_path(HEAD, len(HEAD)) == b"/ws/alice"
     assert upgrade_path(HEAD, len(HEAD) - 4) is None
+
+
+def test_a_factory_that_builds_no_protocol_leaves_the_request_to_twisted_web(site, monkeypatch):
+    channels: list[GuardedChannel] = []
+    armed: list[bool] = []
+
+    class Refusing:
+        def buildProtocol(self, addr):
+            armed.append(channels[0]._deadline is not None)
+            return None
+
+    monkeypatch.setattr(site, "upgrades", lambda path: Refusing())
+    made = requests_made(site, monkeypatch)
+    build = site.buildProtocol
+    monkeypatch.setattr(site, "buildProtocol", lambda addr: channels.append(build(addr)) or channels[-1])
+    _, transport = connect(site, UPGRADE)
+    assert armed == [True]  # nothing of the channel was undone for the attempt
+    assert made == [1]
+    assert transport.value().startswith(b"HTTP/1.1 101 ")
