@@ -182,7 +182,7 @@ class DurableMessages:
                 d = send_private_in_steps(
                     self._backend, stream, envelope, copy_stream, only_if_seen, key, window, copy_only_elsewhere)
             d.addCallbacks(
-                self._appended, self._replies.failed,
+                self._private_sent, self._replies.failed,
                 callbackArgs=(session, stream, request_id, live), errbackArgs=(session, request_id),
             )
             return
@@ -192,9 +192,9 @@ class DurableMessages:
         except Exception:
             self._replies.failed(Failure(), session, request_id)
             return
-        self._appended(result, session, stream, request_id, live)
+        self._private_sent(result, session, stream, request_id, live)
 
-    def _appended(
+    def _private_sent(
         self, result: Appended | int, session: Session, stream: str, request_id: str | None,
         live: Callable[[int], None],
     ) -> None:

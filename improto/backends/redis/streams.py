@@ -39,14 +39,9 @@ from improto.backends.redis.client import RespConnection
 from improto.backends.redis.presence import Script
 from improto.backends.redis.wire import decode_envelope, encode_head
 
-_NOW_MS = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"""
-
-# ARGV[4..6]: size, age_ms, idem_ttl_ms, shared by every append of one script.
-# TIME only when something is stored: a script that only publishes skips it.
-_APPEND_FUNCTION = """
+# Redis's clock in ms, read once per script and only if asked: a script
+# that only publishes skips TIME.
+_CLOCK = """
 local now = nil
 local function now_ms()
   if not now then
@@ -55,6 +50,10 @@ local function now_ms()
   end
   return now
 end
+"""
+
+# ARGV[4..6]: size, age_ms, idem_ttl_ms, shared by every append of one script.
+_APPEND_FUNCTION = _CLOCK + """
 local function append(seq_key, log_key, idem_key, channel, head, data)
   if idem_key then
     local prev = redis.call('GET', idem_key)
@@ -112,10 +111,10 @@ return {duplicate, result}
 
 # KEYS: seq, log  ARGV: after, limit, before ('' = none), age_ms
 _HISTORY = (
-    _NOW_MS
+    _CLOCK
     + """
 local last = tonumber(redis.call('GET', KEYS[1]) or '0')
-local cutoff = now - tonumber(ARGV[4])
+local cutoff = now_ms() - tonumber(ARGV[4])
 local first = last + 1
 local expired = nil
 while true do

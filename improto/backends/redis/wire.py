@@ -56,13 +56,19 @@ class WireError(ValueError):
         self.cause = cause
 
 
-def encode_envelope(envelope: Envelope) -> bytes:
+def _parts(envelope: Envelope) -> tuple[int, bytes, bytes, bytes]:
+    """The flags and the encoded strings every version's header carries."""
     node = envelope.origin_node.encode("utf-8")
     session = envelope.origin_session.encode("utf-8")
     exclude = b"" if envelope.exclude_session is None else envelope.exclude_session.encode("utf-8")
     flags = (_BINARY if envelope.binary else 0) | (
         _HAS_EXCLUDE if envelope.exclude_session is not None else 0
     )
+    return flags, node, session, exclude
+
+
+def encode_envelope(envelope: Envelope) -> bytes:
+    flags, node, session, exclude = _parts(envelope)
     header = _HEADER.pack(
         VERSION,
         flags,
@@ -76,12 +82,7 @@ def encode_envelope(envelope: Envelope) -> bytes:
 
 def encode_head(envelope: Envelope, stream: str) -> bytes:
     """A version-2 envelope up to its seq: what the append script completes."""
-    node = envelope.origin_node.encode("utf-8")
-    session = envelope.origin_session.encode("utf-8")
-    exclude = b"" if envelope.exclude_session is None else envelope.exclude_session.encode("utf-8")
-    flags = (_BINARY if envelope.binary else 0) | (
-        _HAS_EXCLUDE if envelope.exclude_session is not None else 0
-    )
+    flags, node, session, exclude = _parts(envelope)
     encoded = stream.encode("utf-8")
     header = _HEADER_POSITIONED.pack(
         VERSION_POSITIONED, flags, _AUDIENCE_CODES[envelope.audience],
