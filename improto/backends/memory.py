@@ -38,7 +38,10 @@ class MemoryHub:
     """The shared medium: who listens to what, and who is present where."""
 
     channels: dict[str, dict[str, EnvelopeCallback]] = attrs.field(factory=dict)
-    presence: dict[str, dict[str, set[str]]] = attrs.field(factory=dict)
+    #: scope -> member -> the nodes it is present on. A tuple, not a set:
+    #: nearly every member is on one node, and a 1-tuple is a quarter of a
+    #: set's size (two per idle connection: online and the lobby).
+    presence: dict[str, dict[str, tuple[str, ...]]] = attrs.field(factory=dict)
     streams: MemoryStreams = attrs.field(factory=MemoryStreams)
 
 
@@ -68,8 +71,8 @@ class MemoryBackend:
         for channel in list(self._subscribed):
             self.unsubscribe(channel)
         for members in self.hub.presence.values():
-            for nodes in members.values():
-                nodes.discard(self.node_id)
+            for member, nodes in members.items():
+                members[member] = _without(nodes, self.node_id)
         self._state = BackendState.STOPPED
         return succeed(None)
 
@@ -123,10 +126,11 @@ class MemoryBackend:
     def presence_add(self, scope: str, member: str) -> Deferred[bool]:
         if (refused := self._refuse("add presence")) is not None:
             return refused
-        nodes = self.hub.presence.setdefault(scope, {}).setdefault(member, set())
-        was_absent = not nodes
-        nodes.add(self.node_id)
-        return succeed(was_absent)
+        members = self.hub.presence.setdefault(scope, {})
+        nodes = members.get(member, ())
+        if self.node_id not in nodes:
+            members[member] = (*nodes, self.node_id)
+        return succeed(not nodes)
 
     def presence_remove(self, scope: str, member: str) -> Deferred[bool]:
         if (refused := self._refuse("remove presence")) is not None:
@@ -135,7 +139,7 @@ class MemoryBackend:
         nodes = members.get(member)
         if nodes is None:
             return succeed(False)
-        nodes.discard(self.node_id)
+        nodes = members[member] = _without(nodes, self.node_id)
         if nodes:
             return succeed(False)
         del members[member]
@@ -229,3 +233,7 @@ class MemoryBackend:
         if self._state is not BackendState.OK:
             return 0
         return len(self.hub.channels.get(channel) or ())
+
+
+def _without(nodes: tuple[str, ...], node_id: str) -> tuple[str, ...]:
+    return nodes if node_id not in nodes else tuple(n for n in nodes if n != node_id)

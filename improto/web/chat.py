@@ -212,6 +212,9 @@ class ChatServerFactory(WebSocketServerFactory):
     """
 
     protocol: type[LinkProtocol] = ChatServerProtocol
+    #: ``protocol`` with this factory's options as class attributes (see
+    #: :meth:`buildProtocol`); made again when the options or ``protocol`` change.
+    _configured: type[LinkProtocol] | None = None
 
     def __init__(self, router: Router, options: Settings, reactor: Any) -> None:
         super().__init__(reactor=reactor)
@@ -239,6 +242,29 @@ class ChatServerFactory(WebSocketServerFactory):
             autoPingTimeout=options.ping_interval * 2 if options.ping_interval else 0,
             perMessageCompressionAccept=accept_shareable(router.limits.max_message_size * 4),
         )
+
+    def setProtocolOptions(self, **options: Any) -> None:  # type: ignore[override]
+        super().setProtocolOptions(**options)
+        self._configured = None
+
+    def buildProtocol(self, addr: Any) -> LinkProtocol:
+        """
+        Autobahn's ``_connectionMade`` copies the factory's 28 protocol
+        options into every connection's ``__dict__`` (unless the protocol
+        has them already). That copying is 28 ``setattr`` calls per
+        handshake, and it takes an open connection's attribute dict past
+        85 keys into the next size, about 1.7 KiB more per idle
+        connection. Here the options no frame reads are class attributes
+        of a subclass made once per set of options (:func:`with_options`):
+        Autobahn finds them and copies only the others, and a connection
+        still keeps the options it opened with.
+        """
+        configured = self._configured
+        if configured is None or configured.__base__ is not self.protocol:
+            configured = self._configured = with_options(self.protocol, self)
+        link = configured()
+        link.factory = self
+        return link
 
     def admit(self, link: LinkProtocol, request: ConnectionRequest) -> None:
         """
@@ -272,7 +298,7 @@ class ChatServerFactory(WebSocketServerFactory):
                 f"{self.per_address.limit}).",
                 (("Retry-After", "10"),),
             )
-        link.is_closed.addBoth(_release, self.per_address, address)
+        link.address_slot = address
 
     def count_user(self, link: LinkProtocol, nickname: str) -> str | None:
         """Count a chat connection of ``nickname``; the refusal's reason if full."""
@@ -285,10 +311,46 @@ class ChatServerFactory(WebSocketServerFactory):
                     user=nickname, limit=self.per_user.limit,
                 )
             return f"Too many connections for this user (at most {self.per_user.limit})."
-        link.is_closed.addBoth(_release, self.per_user, nickname)
+        link.user_slot = nickname
         return None
 
+    def give_back(self, link: LinkProtocol) -> None:
+        """Release the slots :meth:`admit` and :meth:`count_user` gave ``link``."""
+        if link.address_slot is not None:
+            self.per_address.release(link.address_slot)
+            link.address_slot = None
+        if link.user_slot is not None:
+            self.per_user.release(link.user_slot)
+            link.user_slot = None
 
-def _release(result: Any, counter: ConnectionCounter, key: str) -> Any:
-    counter.release(key)
-    return result
+
+#: The options Autobahn reads on every frame in or out (its ``processData``,
+#: ``onFrame*``, ``sendFrame``, ``sendMessage``, ``sendData``): still copied into
+#: each connection, because on Python 3.11 reading a class attribute through an
+#: instance costs about 40 instructions more than an instance attribute
+#: (``benchmarks/micro.py --instructions``, ``group-100``). Ten keys fit.
+PER_FRAME_OPTIONS = frozenset((
+    "logOctets", "logFrames", "applyMask", "maskServerFrames", "requireMaskedClientFrames",
+    "utf8validateIncoming", "maxFramePayloadSize", "maxMessagePayloadSize",
+    "autoPingRestartOnAnyTraffic", "autoFragmentSize",
+))
+
+
+def with_options(protocol: type[LinkProtocol], factory: Any) -> type[LinkProtocol]:
+    """
+    A subclass of ``protocol``, named like it, whose class attributes are
+    ``factory``'s current values of the options Autobahn would copy into
+    each connection (``CONFIG_ATTRS``), except the :data:`PER_FRAME_OPTIONS`,
+    which Autobahn still copies; options ``protocol`` sets itself stay its
+    own, as with Autobahn's copying.
+    """
+    options: dict[str, Any] = {}
+    for name in protocol.CONFIG_ATTRS:
+        if name in PER_FRAME_OPTIONS or hasattr(protocol, name):
+            continue
+        value = getattr(factory, name)
+        # A function (perMessageCompressionAccept) must not become a method.
+        options[name] = staticmethod(value) if hasattr(type(value), "__get__") else value
+    namespace = {"__module__": protocol.__module__, "__qualname__": protocol.__qualname__,
+                 "__doc__": protocol.__doc__, **options}
+    return type(protocol.__name__, (protocol,), namespace)

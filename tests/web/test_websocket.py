@@ -330,3 +330,67 @@ async def test_an_accepted_socket_has_tcp_nodelay_before_the_handshake_response(
     finally:
         connector.disconnect()
         await port.stopListening()
+
+
+def test_protocol_options_live_on_the_class_not_in_each_connection(factory):
+    from autobahn.twisted.websocket import WebSocketServerProtocol
+
+    from improto.web.chat import PER_FRAME_OPTIONS
+
+    alice, bob = Client(factory, "/ws/alice"), Client(factory, "/ws/bob")
+    assert type(alice.protocol) is type(bob.protocol)
+    copied = set(WebSocketServerProtocol.CONFIG_ATTRS) & set(vars(alice.protocol))
+    # Only what every frame reads is copied into the connection.
+    assert copied == PER_FRAME_OPTIONS
+    assert len(PER_FRAME_OPTIONS) < len(WebSocketServerProtocol.CONFIG_ATTRS) // 2
+    assert alice.protocol.closeHandshakeTimeout == 3
+    assert alice.protocol.autoPingInterval == factory.autoPingInterval
+    # 85 keys is the most a 128-slot instance dict holds (the idle memory per connection).
+    assert len(vars(alice.protocol)) <= 85
+
+
+def test_changed_options_reach_new_connections_and_spare_open_ones(factory):
+    before = Client(factory, "/ws/alice")
+    factory.setProtocolOptions(closeHandshakeTimeout=7)
+    after = Client(factory, "/ws/bob")
+    assert (before.protocol.closeHandshakeTimeout, after.protocol.closeHandshakeTimeout) == (3, 7)
+    assert after.response.startswith(b"HTTP/1.1 101")
+
+
+def test_an_option_the_protocol_class_sets_itself_is_kept(factory):
+    from improto.web.chat import ChatServerProtocol
+
+    class Patient(ChatServerProtocol):
+        closeHandshakeTimeout = 42
+
+    factory.protocol = Patient
+    client = Client(factory, "/ws/alice", DEFLATE)
+    assert isinstance(client.protocol, Patient)
+    assert client.protocol.closeHandshakeTimeout == 42
+    # A function option (perMessageCompressionAccept) is not turned into a method.
+    fresh = factory.buildProtocol(None)
+    assert fresh.perMessageCompressionAccept is factory.perMessageCompressionAccept
+
+
+def test_an_open_connection_keeps_no_send_queue_or_handshake_texts(factory):
+    client = Client(factory, "/ws/alice")
+    assert client.protocol.send_queue == ()
+    assert "_send_queue" not in vars(client.protocol)
+    assert client.protocol.http_request_data is None
+    assert client.protocol.http_response_data is None
+    assert client.protocol.http_headers["host"]  # the parsed headers stay for embedders
+
+
+@pytest_twisted.ensureDeferred
+async def test_sync_and_chopped_writes_still_go_out_in_order(factory):
+    from twisted.internet import reactor
+
+    client = Client(factory, "/ws/alice")
+    client.raw()
+    link = client.protocol
+    link.sendMessage(b"first", sync=True)
+    link.sendData(b"\x81\x06second", chopsize=3)  # an unmasked text frame, in 3-byte writes
+    link.sendMessage(b"third")
+    await deferLater(reactor, 0.2, lambda: None)
+    assert [p for _, p, _ in client.frames()] == [b"first", b"second", b"third"]
+    assert len(link.send_queue) == 0
