@@ -341,8 +341,9 @@ def with_options(protocol: type[LinkProtocol], factory: Any) -> type[LinkProtoco
     A subclass of ``protocol``, named like it, whose class attributes are
     ``factory``'s current values of the options Autobahn would copy into
     each connection (``CONFIG_ATTRS``), except the :data:`PER_FRAME_OPTIONS`,
-    which Autobahn still copies; options ``protocol`` sets itself stay its
-    own, as with Autobahn's copying.
+    which Autobahn still copies (its ``CONFIG_ATTRS`` here lists only
+    those); options ``protocol`` sets itself stay its own, as with
+    Autobahn's copying.
     """
     options: dict[str, Any] = {}
     for name in protocol.CONFIG_ATTRS:
@@ -352,5 +353,7 @@ def with_options(protocol: type[LinkProtocol], factory: Any) -> type[LinkProtoco
         # A function (perMessageCompressionAccept) must not become a method.
         options[name] = staticmethod(value) if hasattr(type(value), "__get__") else value
     namespace = {"__module__": protocol.__module__, "__qualname__": protocol.__qualname__,
-                 "__doc__": protocol.__doc__, **options}
+                 "__doc__": protocol.__doc__, **options,
+                 # What _connectionMade still looks at, per connection: the rest are here.
+                 "CONFIG_ATTRS": [n for n in protocol.CONFIG_ATTRS if n in PER_FRAME_OPTIONS]}
     return type(protocol.__name__, (protocol,), namespace)
