@@ -8,7 +8,11 @@ is dropped instead of buffered for without bound.
 
 Importing it installs :mod:`improto.web.quiet` (Autobahn formats no debug-log
 text that nobody logs, and frame writes skip its per-frame ``log.debug``
-call); that is the only change to Autobahn's behaviour.
+call); that is the only change to what Autobahn does. What it keeps per
+connection is trimmed: no empty ``send_queue`` (:class:`_SendQueue`), no
+handshake texts after the open, and the protocol options no frame reads
+live on a class (``improto.web.chat.with_options``), which takes an idle
+connection from 12.2 to 8.4 KiB (``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations
@@ -196,7 +200,7 @@ class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         """
-        The one Autobahn method improto overrides. Everything written,
+        The one Autobahn write method improto overrides. Everything written,
         handshake and close included, counts towards the backlog.
 
         An unqueued write on an open connection is Autobahn's own
