@@ -3,12 +3,13 @@ Does a server's RSS keep rising while permessage-deflate connections churn?
 
     python benchmarks/deflate_rss.py [--connections 100] [--seconds 30] [--messages 3]
                                      [--deflate | --no-deflate] [--tracemalloc]
-                                     [--client-window-bits N]
+                                     [--client-window-bits N] [--redis]
     python benchmarks/deflate_rss.py --framing-only [--seconds 10]
 
 Starts improto in a child process (the same ``tap.makeService`` as
 ``twistd -n improto --rate 0`` with every per-address and per-user limit
-lifted, memory backend), keeps ``--connections`` client connections open
+lifted, memory backend; ``--redis``: the Redis backend on a private
+``redis-server`` started for the run), keeps ``--connections`` client connections open
 from this process, and churns them: each one connects (offering
 permessage-deflate unless ``--no-deflate``), sends ``--messages`` private
 messages to itself and one to its group, waits for their acks, and closes; a new
@@ -35,6 +36,7 @@ import ctypes
 import gc
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -87,6 +89,7 @@ def serve(port: int, args: argparse.Namespace) -> None:
         "--port", f"tcp:{port}:interface=127.0.0.1", "--rate", "0", "--ping-interval", "0",
         "--max-connections-per-ip", "0", "--max-handshakes-per-ip", "0",
         "--max-connections-per-user", "0",
+        *(["--backend", f"redis://127.0.0.1:{args.redis_port}/0"] if args.redis_port else []),
     ])
     tap.makeService(options).startService()
     start = time.monotonic()
@@ -148,8 +151,19 @@ def run_server_test(args: argparse.Namespace) -> None:
     from improto.testing import free_port, wait_for_port
 
     port = free_port()
+    redis = None
+    extra: list[str] = []
+    if args.redis:
+        redis_port = free_port()
+        redis = subprocess.Popen(
+            [shutil.which("redis-server") or "redis-server", "--port", str(redis_port),
+             "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )
+        wait_for_port(redis_port, redis, timeout=30)
+        extra = ["--redis-port", str(redis_port)]
     child = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(port)] + sys.argv[1:],
+        [sys.executable, __file__, "--serve", str(port)] + sys.argv[1:] + extra,
         stdout=subprocess.PIPE, text=True,
     )
     try:
@@ -176,6 +190,9 @@ def run_server_test(args: argparse.Namespace) -> None:
     finally:
         child.terminate()
         child.wait()
+        if redis is not None:
+            redis.terminate()
+            redis.wait()
 
 
 def run_framing_only(args: argparse.Namespace) -> None:
@@ -206,6 +223,9 @@ def main() -> None:
     parser.add_argument("--tracemalloc", action="store_true")
     parser.add_argument("--framing-only", action="store_true")
     parser.add_argument("--client-window-bits", type=int, default=None)
+    parser.add_argument("--redis", action="store_true",
+                        help="the Redis backend, on a private redis-server")
+    parser.add_argument("--redis-port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--serve", type=int, default=0, help=argparse.SUPPRESS)
     args, _ = parser.parse_known_args()
     if args.serve:
