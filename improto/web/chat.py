@@ -257,7 +257,9 @@ class ChatServerFactory(WebSocketServerFactory):
         connection. Here the options no frame reads are class attributes
         of a subclass made once per set of options (:func:`with_options`):
         Autobahn finds them and copies only the others, and a connection
-        still keeps the options it opened with.
+        still keeps the options it opened with. Change options with
+        :meth:`setProtocolOptions` (Autobahn's API), which makes the next
+        subclass; an option assigned straight onto the factory is not seen.
         """
         configured = self._configured
         if configured is None or configured.__base__ is not self.protocol:

@@ -10,9 +10,11 @@ Importing it installs :mod:`improto.web.quiet` (Autobahn formats no debug-log
 text that nobody logs, and frame writes skip its per-frame ``log.debug``
 call); that is the only change to what Autobahn does. What it keeps per
 connection is trimmed: no empty ``send_queue`` (:class:`_SendQueue`), no
-handshake texts after the open, and the protocol options no frame reads
-live on a class (``improto.web.chat.with_options``), which takes an idle
-connection from 12.2 to 8.4 KiB (``benchmarks/RESULTS.md``).
+handshake texts after the open, connection slots as two attributes, and
+the protocol options no frame reads on a class
+(``improto.web.chat.with_options``). With the memory backend's smaller
+presence entries, that took an idle connection from 12.2 to 8.4 KiB
+(``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations
