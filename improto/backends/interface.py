@@ -275,8 +275,10 @@ class IImmediateBackend(Interface):
     """
     Optional, for a backend whose calls never wait on a network (the memory
     backend): calls of :class:`IBackend` and :class:`IPrivateBackend`
-    answered at once, for the router's per-message paths, where a Deferred and its callbacks cost more
-    than the in-memory work they carry (``benchmarks/micro.py --ops private``).
+    answered at once, for the router's per-message and per-connection
+    paths, where a Deferred and its callbacks cost more than the in-memory
+    work they carry (``benchmarks/micro.py --instructions --ops
+    private,site-handshake``).
 
     Each has exactly the effects of its namesake without ``_now``, and
     returns what that one's Deferred would fire with, or raises what it
@@ -292,6 +294,18 @@ class IImmediateBackend(Interface):
         idempotency_key: str | None = None, idempotency_ttl: float = 0, copy_only_elsewhere: bool = False,
     ) -> Appended | int:
         """:meth:`IPrivateBackend.send_private`, answered at once."""
+
+    def subscribe_now(channel: str, callback: EnvelopeCallback) -> None:
+        """:meth:`IBackend.subscribe`, answered at once (active on return)."""
+
+    def unsubscribe_now(channel: str) -> None:
+        """:meth:`IBackend.unsubscribe`, answered at once."""
+
+    def presence_add_now(scope: str, member: str) -> bool:
+        """:meth:`IBackend.presence_add`, answered at once."""
+
+    def presence_remove_now(scope: str, member: str) -> bool:
+        """:meth:`IBackend.presence_remove`, answered at once."""
 
     def subscribers_now(channel: str) -> int:
         """

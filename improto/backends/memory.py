@@ -9,6 +9,7 @@ cross-node behaviour (echo suppression, presence) without Redis.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -84,6 +85,10 @@ class MemoryBackend:
             return None
         return fail(BackendUnavailable(f"cannot {what}: memory backend is stopped"))
 
+    def _refuse_now(self, what: str) -> None:
+        if self._state is BackendState.STOPPED:
+            raise BackendUnavailable(f"cannot {what}: memory backend is stopped")
+
     def publish(self, channel: str, envelope: Envelope) -> Deferred[int]:
         if self._state is not BackendState.OK:
             return fail(self._unavailable("publish"))
@@ -108,44 +113,52 @@ class MemoryBackend:
         return len(callbacks)
 
     def subscribe(self, channel: str, callback: EnvelopeCallback) -> Deferred[None]:
-        if (refused := self._refuse("subscribe")) is not None:
-            return refused
+        return _answered(self.subscribe_now, channel, callback)
+
+    def subscribe_now(self, channel: str, callback: EnvelopeCallback) -> None:
+        self._refuse_now("subscribe")
         self.hub.channels.setdefault(channel, {})[self.node_id] = callback
         self._subscribed.add(channel)
-        return succeed(None)
 
     def unsubscribe(self, channel: str) -> Deferred[None]:
+        self.unsubscribe_now(channel)
+        return succeed(None)
+
+    def unsubscribe_now(self, channel: str) -> None:
         listeners = self.hub.channels.get(channel)
         if listeners is not None:
             listeners.pop(self.node_id, None)
             if not listeners:
                 del self.hub.channels[channel]
         self._subscribed.discard(channel)
-        return succeed(None)
 
     def presence_add(self, scope: str, member: str) -> Deferred[bool]:
-        if (refused := self._refuse("add presence")) is not None:
-            return refused
+        return _answered(self.presence_add_now, scope, member)
+
+    def presence_add_now(self, scope: str, member: str) -> bool:
+        self._refuse_now("add presence")
         members = self.hub.presence.setdefault(scope, {})
         nodes = members.get(member, ())
         if self.node_id not in nodes:
             members[member] = (*nodes, self.node_id)
-        return succeed(not nodes)
+        return not nodes
 
     def presence_remove(self, scope: str, member: str) -> Deferred[bool]:
-        if (refused := self._refuse("remove presence")) is not None:
-            return refused
+        return _answered(self.presence_remove_now, scope, member)
+
+    def presence_remove_now(self, scope: str, member: str) -> bool:
+        self._refuse_now("remove presence")
         members = self.hub.presence.get(scope, {})
         nodes = members.get(member)
         if nodes is None:
-            return succeed(False)
+            return False
         nodes = members[member] = _without(nodes, self.node_id)
         if nodes:
-            return succeed(False)
+            return False
         del members[member]
         if not members:
             self.hub.presence.pop(scope, None)
-        return succeed(True)
+        return True
 
     def presence_members(self, scope: str) -> Deferred[list[str]]:
         if (refused := self._refuse("list presence")) is not None:
@@ -167,11 +180,8 @@ class MemoryBackend:
         self, stream: str, envelope: Envelope, copy_stream: str | None, only_if_seen: str | None,
         idempotency_key: str | None = None, idempotency_ttl: float = 0, copy_only_elsewhere: bool = False,
     ) -> Deferred[Appended | int]:
-        try:
-            return succeed(self.send_private_now(
-                stream, envelope, copy_stream, only_if_seen, idempotency_key, idempotency_ttl, copy_only_elsewhere))
-        except BackendUnavailable:
-            return fail()
+        return _answered(self.send_private_now, stream, envelope, copy_stream, only_if_seen,
+                         idempotency_key, idempotency_ttl, copy_only_elsewhere)
 
     def send_private_now(
         self, stream: str, envelope: Envelope, copy_stream: str | None, only_if_seen: str | None,
@@ -233,6 +243,14 @@ class MemoryBackend:
         if self._state is not BackendState.OK:
             return 0
         return len(self.hub.channels.get(channel) or ())
+
+
+def _answered(call: Callable[..., Any], *args: Any) -> Deferred[Any]:
+    """``call(*args)``'s answer as a fired Deferred (failed with what it raised)."""
+    try:
+        return succeed(call(*args))
+    except BackendUnavailable:
+        return fail()
 
 
 def _without(nodes: tuple[str, ...], node_id: str) -> tuple[str, ...]:

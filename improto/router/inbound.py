@@ -128,8 +128,14 @@ class Inbound:
         d = self._backend.publish(echo_channel(session.id), envelope)
         d.addErrback(self._replies.failed, session, None)
 
-    def _ack_when_done(self, d: Deferred[Any], session: Session, request_id: str | None) -> None:
-        """End a request in an ack once ``d`` fires, or in an error frame if it fails."""
+    def _ack_when_done(self, d: Deferred[Any] | None, session: Session, request_id: str | None) -> None:
+        """
+        End a request in an ack once ``d`` fires (at once for None: done
+        already), or in an error frame if it fails.
+        """
+        if d is None:
+            self._replies.ack(session, request_id)
+            return
         d.addCallbacks(
             lambda _: self._replies.ack(session, request_id),
             self._replies.failed,

@@ -8,13 +8,20 @@ presence frame on the right group channel.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, FirstError
+from twisted.internet.defer import Deferred, FirstError, fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from improto.backends.interface import Audience, BackendUnavailable, Envelope, IBackend
+from improto.backends.interface import (
+    Audience,
+    BackendUnavailable,
+    Envelope,
+    IBackend,
+    IImmediateBackend,
+)
 from improto.protocol import codec
 from improto.router.channels import ONLINE_SCOPE, group_channel, group_scope
 from improto.router.settled import done, then
@@ -23,56 +30,82 @@ _log = Logger()
 
 
 class Presence:
-    """Records presence in the backend and announces arrivals and departures."""
+    """
+    Records presence in the backend and announces arrivals and departures.
 
-    def __init__(self, backend: IBackend) -> None:
+    Each call returns a Deferred of its work, or None when the work is
+    done already: on a backend that answers at once
+    (:class:`IImmediateBackend`, the memory backend) every call is, and
+    costs no Deferred (four per connection: online, lobby join and leave,
+    offline). There an announcement that no node could hear
+    (``nobody_hears(channel)``) is not even encoded.
+    """
+
+    def __init__(self, backend: IBackend, nobody_hears: Callable[[str], bool] | None = None) -> None:
         self._backend = backend
+        self._now: IImmediateBackend | None = IImmediateBackend(backend, None)
+        self._nobody_hears = nobody_hears or (lambda channel: False)
 
-    def came_online(self, user: str, exclude: str) -> Deferred[None]:
-        added = self._backend.presence_add(ONLINE_SCOPE, user)
-        return then(added, self._announce, codec.LOBBY, "online", user, None, exclude)
+    def came_online(self, user: str, exclude: str) -> Deferred[None] | None:
+        return self._record(True, ONLINE_SCOPE, codec.LOBBY, "online", user, None, exclude)
 
-    def went_offline(self, user: str) -> Deferred[None]:
-        removed = self._backend.presence_remove(ONLINE_SCOPE, user)
-        return then(removed, self._announce, codec.LOBBY, "offline", user, None, None)
+    def went_offline(self, user: str) -> Deferred[None] | None:
+        return self._record(False, ONLINE_SCOPE, codec.LOBBY, "offline", user, None, None)
 
-    def joined(self, user: str, group: str, exclude: str) -> Deferred[None]:
-        added = self._backend.presence_add(group_scope(group), user)
-        return then(added, self._announce, group, "join", user, group, exclude)
+    def joined(self, user: str, group: str, exclude: str) -> Deferred[None] | None:
+        return self._record(True, group_scope(group), group, "join", user, group, exclude)
 
-    def left(self, user: str, group: str) -> Deferred[None]:
-        removed = self._backend.presence_remove(group_scope(group), user)
-        return then(removed, self._announce, group, "leave", user, group, None)
+    def left(self, user: str, group: str) -> Deferred[None] | None:
+        return self._record(False, group_scope(group), group, "leave", user, group, None)
 
     def members(self, group: str) -> Deferred[list[str]]:
         return self._backend.presence_members(group_scope(group))
+
+    def _record(
+        self, add: bool, scope: str, group: str, event: str, user: str, named: str | None,
+        exclude: str | None,
+    ) -> Deferred[Any] | None:
+        """
+        Add ``user`` to (or remove it from) ``scope``, and publish ``event``
+        on ``group``'s channel if the backend says this was the user's first
+        arrival (or last departure) anywhere; the frame is encoded only then.
+        """
+        now = self._now
+        if now is None:
+            call = self._backend.presence_add if add else self._backend.presence_remove
+            return then(call(scope, user), self._announce, group, event, user, named, exclude)
+        try:
+            changed = now.presence_add_now(scope, user) if add else now.presence_remove_now(scope, user)
+            channel = group_channel(group)
+            if changed and not self._nobody_hears(channel):
+                now.publish_now(channel, self._envelope(event, user, named, exclude))
+        except BackendUnavailable:
+            return fail()
+        return None
 
     def _announce(
         self, changed: bool, group: str, event: str, user: str, named: str | None,
         exclude: str | None,
     ) -> Deferred[int] | None:
-        """
-        Publish the event on ``group``'s channel if the backend says this was
-        the user's first arrival (or last departure) anywhere; the frame is
-        encoded only then.
-        """
         if not changed:
             return None
-        envelope = Envelope(
+        return self._backend.publish(group_channel(group), self._envelope(event, user, named, exclude))
+
+    def _envelope(self, event: str, user: str, named: str | None, exclude: str | None) -> Envelope:
+        return Envelope(
             self._backend.node_id, "", codec.presence(event, user, named),
             audience=Audience.NATIVE, exclude_session=exclude,
         )
-        return self._backend.publish(group_channel(group), envelope)
 
 
-def in_background(d: Deferred[Any]) -> None:
+def in_background(d: Deferred[Any] | None) -> None:
     """
     For work no client waits on (announcing presence on connect and
     disconnect): an outage is logged once by the backend itself, anything
     else is a bug worth a traceback.
     """
 
-    if done(d):
+    if d is None or done(d):
         return
 
     def report(failure: Failure) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 
-from improto.backends.interface import Envelope, IBackend
+from improto.backends.interface import Envelope, IBackend, IImmediateBackend
 from improto.protocol import codec
 from improto.router.channels import echo_channel, group_channel, user_channel
 from improto.router.delivery import Replies, deliver
@@ -33,7 +33,7 @@ from improto.router.observer import NO_METRICS, Observer
 from improto.router.presence import Presence, first_error, in_background
 from improto.router.ratelimit import TokenBucket
 from improto.router.sessions import Session, SessionLink, SessionTable, Ticket
-from improto.router.settled import done, gather, then
+from improto.router.settled import done, gather, settled, then
 from improto.router.subscriptions import Subscriptions
 
 __all__ = ["Durability", "Router", "RouterLimits", "Session", "SessionLink", "Ticket"]
@@ -64,7 +64,8 @@ class Router:
         self._table = SessionTable()
         self._groups = GroupMembership()
         self._subscriptions = Subscriptions(backend)
-        self.presence = Presence(backend)
+        self._now: IImmediateBackend | None = IImmediateBackend(backend, None)
+        self.presence = Presence(backend, self._nobody_hears)
         self.replies = Replies(metrics)
         self.durable = DurableMessages(self, durability or Durability())
         self._inbound = Inbound(self)
@@ -110,6 +111,8 @@ class Router:
             waits = [self._hold_echo(ticket, ticket.session_id)]
         else:
             waits = [self._hold_user(ticket, user), self._hold_group(ticket, codec.LOBBY)]
+        if settled(waits):
+            return succeed(ticket)
         return then(gather(waits), lambda _: ticket)
 
     def cancel(self, ticket: Ticket) -> None:
@@ -217,19 +220,22 @@ class Router:
 
     # -- membership --------------------------------------------------------
 
-    def join_group(self, session: Session, group: str) -> Deferred[Any]:
-        """Add ``session`` to ``group``: subscribe, and announce its user if new there."""
+    def join_group(self, session: Session, group: str) -> Deferred[Any] | None:
+        """
+        Add ``session`` to ``group``: subscribe, and announce its user if new
+        there. None when that is done already (see :class:`Presence`).
+        """
         first_here = self._groups.add(session, group)
-        waits = []
+        waits: list[Deferred[Any] | None] = []
         if group_channel(group) not in session.channels:
             waits.append(self._hold_group(session, group))
         if first_here:
             waits.append(self.presence.joined(session.user, group, exclude=session.id))
         return _gathered(waits)
 
-    def leave_group(self, session: Session, group: str) -> Deferred[Any]:
+    def leave_group(self, session: Session, group: str) -> Deferred[Any] | None:
         """Take ``session`` out of ``group``, announcing its user's departure if last."""
-        waits = []
+        waits: list[Deferred[Any] | None] = []
         if self._groups.remove(session, group):
             waits.append(self.presence.left(session.user, group))
         channel = group_channel(group)
@@ -242,19 +248,32 @@ class Router:
 
     def _hold(
         self, holder: Session | Ticket, channel: str, deliver_to: Callable[[Envelope], None]
-    ) -> Deferred[None]:
-        """Subscribe ``channel`` for ``holder``; it is released on disconnect."""
+    ) -> Deferred[None] | None:
+        """
+        Subscribe ``channel`` for ``holder``; it is released on disconnect.
+        None when the subscription is active already.
+        """
         holder.channels.add(channel)
         return self._subscriptions.hold(channel, deliver_to)
 
-    def _hold_user(self, holder: Session | Ticket, user: str) -> Deferred[None]:
+    def _hold_user(self, holder: Session | Ticket, user: str) -> Deferred[None] | None:
         return self._hold(holder, user_channel(user), functools.partial(self._to_user, user))
 
-    def _hold_group(self, holder: Session | Ticket, group: str) -> Deferred[None]:
+    def _hold_group(self, holder: Session | Ticket, group: str) -> Deferred[None] | None:
         return self._hold(holder, group_channel(group), functools.partial(self._to_group, group))
 
-    def _hold_echo(self, holder: Session | Ticket, session_id: str) -> Deferred[None]:
+    def _hold_echo(self, holder: Session | Ticket, session_id: str) -> Deferred[None] | None:
         return self._hold(holder, echo_channel(session_id), functools.partial(self._to_echo, session_id))
+
+    def _nobody_hears(self, channel: str) -> bool:
+        """
+        Whether no node could deliver a native-only envelope (presence) on
+        ``channel``: none but this one subscribes to it, and this one has no
+        native session. Asked only on a backend that answers at once.
+        """
+        if self._table.native_count or self._now is None:
+            return False
+        return self._now.subscribers_now(channel) <= (channel in self._subscriptions)
 
     def _to_group(self, group: str, envelope: Envelope) -> None:
         if envelope.seq is None:
@@ -310,10 +329,12 @@ class Router:
         """Make a session a member of ``group`` from server-side code."""
         if group in session.groups:
             return succeed(None)
-        return self.join_group(session, group)
+        return self.join_group(session, group) or succeed(None)
 
 
-def _gathered(waits: list[Deferred[Any]]) -> Deferred[Any]:
-    """All of ``waits``, failing with the first one's own failure."""
+def _gathered(waits: list[Deferred[Any] | None]) -> Deferred[Any] | None:
+    """All of ``waits``, failing with the first one's own failure; None if all are done."""
+    if settled(waits):
+        return None
     gathered = gather(waits, consume_errors=True)
     return gathered if done(gathered) else gathered.addErrback(first_error)

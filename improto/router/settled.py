@@ -40,16 +40,25 @@ def result_of(d: Deferred[Any]) -> Any:
     return PENDING
 
 
-def gather(waits: Sequence[Deferred[Any]], consume_errors: bool = False) -> Deferred[list[Any]]:
+def gather(
+    waits: Sequence[Deferred[Any] | None], consume_errors: bool = False
+) -> Deferred[list[Any]]:
     """
     ``gatherResults(waits, consumeErrors=consume_errors)``: a fired Deferred
     of the results at once when every one of ``waits`` has succeeded already.
+    A None in ``waits`` is work done already (its result: None).
     """
-    results = [result_of(d) for d in waits]
+    results = [None if d is None else result_of(d) for d in waits]
     for result in results:
         if result is PENDING:
-            return gatherResults(waits, consumeErrors=consume_errors)
+            return gatherResults([succeed(None) if d is None else d for d in waits],
+                                 consumeErrors=consume_errors)
     return succeed(results)
+
+
+def settled(waits: Sequence[Deferred[Any] | None]) -> bool:
+    """Whether every one of ``waits`` is None or has succeeded already."""
+    return all(d is None or result_of(d) is not PENDING for d in waits)
 
 
 def then(d: Deferred[Any], fn: Callable[..., Any], *args: Any) -> Deferred[Any]:

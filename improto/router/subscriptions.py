@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from improto.backends.interface import BackendUnavailable, EnvelopeCallback, IBackend
+from improto.backends.interface import (
+    BackendUnavailable,
+    EnvelopeCallback,
+    IBackend,
+    IImmediateBackend,
+)
 from improto.router.settled import done
 
 _log = Logger()
@@ -17,11 +22,14 @@ class Subscriptions:
     Many local sessions may want one channel; the backend sees one
     subscription, made by the first :meth:`hold` and dropped by the last
     :meth:`release`. :meth:`hold` fires once the subscription is active,
-    so a caller can wait before telling a client it is connected.
+    so a caller can wait before telling a client it is connected; it
+    returns None when it is active already (on a backend that answers at
+    once, :class:`IImmediateBackend`, always), which costs no Deferred.
     """
 
     def __init__(self, backend: IBackend) -> None:
         self._backend = backend
+        self._now: IImmediateBackend | None = IImmediateBackend(backend, None)
         self._refs: dict[str, int] = {}
         #: Channels whose subscribe is in flight, with who waits for it.
         self._pending: dict[str, list[Deferred[None]]] = {}
@@ -33,18 +41,24 @@ class Subscriptions:
         """Channels subscribed (or being subscribed) for local sessions."""
         return len(self._refs)
 
-    def hold(self, channel: str, callback: EnvelopeCallback) -> Deferred[None]:
+    def hold(self, channel: str, callback: EnvelopeCallback) -> Deferred[None] | None:
         refs = self._refs.get(channel, 0)
         self._refs[channel] = refs + 1
         if refs == 0:
+            if self._now is not None:
+                try:
+                    self._now.subscribe_now(channel, callback)
+                except BackendUnavailable:
+                    pass  # made on reconnect, as below; nobody waits for that
+                return None
             subscribed = self._backend.subscribe(channel, callback)
             if done(subscribed):
-                return succeed(None)
+                return None
             self._pending[channel] = []
             subscribed.addBoth(self._settled, channel)
         waiters = self._pending.get(channel)
         if waiters is None:
-            return succeed(None)
+            return None
         waiter: Deferred[None] = Deferred()
         waiters.append(waiter)
         return waiter
@@ -63,6 +77,9 @@ class Subscriptions:
             self._refs[channel] = refs
             return
         self._refs.pop(channel, None)
+        if self._now is not None:
+            self._now.unsubscribe_now(channel)
+            return
         unsubscribed = self._backend.unsubscribe(channel)
         if not done(unsubscribed):
             unsubscribed.addErrback(lambda failure: failure.trap(BackendUnavailable))

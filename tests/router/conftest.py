@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from improto.router import durable, inbound
+from improto.router import durable, inbound, presence, router, subscriptions
 
 
 @pytest.fixture(params=["immediate", "deferred", "in-steps"])
@@ -21,7 +21,7 @@ def backend_calls(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
         return default
 
     if request.param in ("deferred", "in-steps"):
-        for module in (inbound, durable):
+        for module in (inbound, durable, presence, router, subscriptions):
             monkeypatch.setattr(module, "IImmediateBackend", not_provided)
     if request.param == "in-steps":
         monkeypatch.setattr(durable, "IPrivateBackend", not_provided)

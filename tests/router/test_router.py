@@ -6,7 +6,9 @@ import json
 
 import pytest
 from twisted.internet.defer import Deferred
+from zope.interface import implementer_only
 
+from improto.backends.interface import IBackend, IPrivateBackend
 from improto.backends.memory import MemoryBackend, MemoryHub
 from improto.router import Router, RouterLimits
 from tests.fakes import FakeClock, FakeLink, make_router
@@ -392,8 +394,60 @@ class TestTwoNodes:
         assert n.take()[0]["users"] == ["bob", "nat"]
 
 
+    def test_presence_reaches_a_native_member_on_another_node(self, nodes):
+        one, two = nodes
+        n, _ = connect(two, "nat", native=True)
+        n.take()
+        _, sb = connect(one, "bob")  # node one has no native session
+        one.disconnect(sb)
+        assert [(f["event"], f["user"]) for f in n.take()] == [
+            ("online", "bob"), ("join", "bob"), ("leave", "bob"), ("offline", "bob")]
+
+
+class TestAnnouncementsNobodyHears:
+    """
+    On a backend that answers at once, presence that no node could deliver
+    (no native session here, no other node subscribed) is not even encoded.
+    """
+
+    @pytest.fixture
+    def encoded(self, monkeypatch):
+        from improto.router import presence
+
+        events: list[str] = []
+        real = presence.codec.presence
+
+        def counting(event, user, group=None):
+            events.append(event)
+            return real(event, user, group)
+
+        monkeypatch.setattr(presence.codec, "presence", counting)
+        return events
+
+    def test_seed_sessions_alone_cost_no_announcement(self, encoded, backend_calls):
+        router = make_router()
+        _, a = connect(router, "alice")
+        _, b = connect(router, "bob")
+        router.disconnect(a)
+        router.disconnect(b)
+        # With a Deferred backend (Redis) another node may listen: always announced.
+        assert encoded == ([] if backend_calls == "immediate" else ["online", "join"] * 2 + ["leave", "offline"] * 2)
+
+    def test_a_native_session_here_hears_them_again(self, encoded):
+        router = make_router()
+        n, _ = connect(router, "nat", native=True)
+        n.take()
+        _, b = connect(router, "bob")
+        router.disconnect(b)
+        assert [f["event"] for f in n.take()] == ["online", "join", "leave", "offline"]
+
+
+@implementer_only(IBackend, IPrivateBackend)
 class SlowSubscribeBackend(MemoryBackend):
-    """Subscriptions become active only when the test says so, as over a network."""
+    """
+    Subscriptions become active only when the test says so, as over a
+    network (so it does not answer at once: no ``IImmediateBackend``).
+    """
 
     def __init__(self) -> None:
         super().__init__()
