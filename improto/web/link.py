@@ -32,7 +32,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from improto.router import Router, Session
-from improto.web import flush, quiet
+from improto.web import flush, handshake, quiet
 from improto.web.framing import ContextFreeDeflate, compressed_frame, deflate
 
 _log = Logger()
@@ -145,6 +145,15 @@ class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         finally:
             if self.address_slot is not None or self.user_slot is not None:
                 self.factory.give_back(self)
+
+    def processHandshake(self) -> None:
+        """
+        A plain request is read the short way (:mod:`improto.web.handshake`);
+        anything else, and every request while Autobahn logs at debug level
+        or :mod:`improto.web.quiet` is uninstalled, Autobahn's way.
+        """
+        if not (_quiet_writes() and handshake.open_plain(self)):
+            super().processHandshake()
 
     def on(self, event: str, handler: Any) -> None:
         self._observed = True

@@ -25,7 +25,7 @@ from typing import Any
 from twisted.protocols.policies import ProtocolWrapper
 
 #: A request line and header lines of printable ASCII, ending the head.
-_PLAIN_HEAD = re.compile(
+PLAIN_HEAD = re.compile(
     rb"GET (/[!-~]*) HTTP/1\.1\r\n(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t -~]*\r\n)+\r\n"
 )
 _UPGRADE = re.compile(rb"\r\nupgrade:[ \t]*websocket[ \t]*\r\n", re.IGNORECASE)
@@ -42,7 +42,7 @@ def upgrade_path(data: bytes, limit: int) -> bytes | None:
     if end < 0:
         return None
     head = data[: end + 4]
-    match = _PLAIN_HEAD.fullmatch(head)
+    match = PLAIN_HEAD.fullmatch(head)
     if match is None or _UPGRADE.search(head) is None or _BODY.search(head) is not None:
         return None
     return match.group(1).split(b"?", 1)[0]

@@ -394,3 +394,29 @@ async def test_sync_and_chopped_writes_still_go_out_in_order(factory):
     await deferLater(reactor, 0.2, lambda: None)
     assert [p for _, p, _ in client.frames()] == [b"first", b"second", b"third"]
     assert len(link.send_queue) == 0
+
+
+def test_a_plain_handshake_takes_the_short_way_and_debug_logging_autobahns(factory, monkeypatch):
+    import txaio
+
+    from improto.web import handshake
+
+    answers: list[bool] = []
+    real = handshake.open_plain
+
+    def spy(link):
+        answers.append(real(link))
+        return answers[-1]
+
+    monkeypatch.setattr(handshake, "open_plain", spy)
+    native = Client(factory, "/ws/alice", DEFLATE + NATIVE)
+    assert native.response.startswith(b"HTTP/1.1 101") and b"improto.v1" in native.response
+    assert native.messages()[0]["type"] == "welcome"
+    assert answers == [True]
+    level = txaio.get_global_log_level()
+    txaio.set_global_log_level("debug")
+    try:
+        assert Client(factory, "/ws/bob").response.startswith(b"HTTP/1.1 101")
+    finally:
+        txaio.set_global_log_level(level)
+    assert answers == [True]  # Autobahn's processHandshake read that one
