@@ -30,6 +30,7 @@ from improto.web.framing import accept_as_offered, accept_shareable
 from improto.web.limits import ConnectionCounter, OncePerKey, http_response, peer_host
 from improto.web.link import LinkProtocol
 from improto.web.origins import OriginPolicy
+from improto.web.timers import BucketTimer
 
 _log = Logger()
 
@@ -218,6 +219,8 @@ class ChatServerFactory(WebSocketServerFactory):
 
     def __init__(self, router: Router, options: Settings, reactor: Any) -> None:
         super().__init__(reactor=reactor)
+        # Autobahn's per-connection timers (handshake, pings, close), O(1) to cancel.
+        self._batched_timer = BucketTimer(reactor)
         self.router = router
         self.options = options
         #: Which broadcasts send at once (fan-out latency).

@@ -23,10 +23,9 @@ what the client is sent.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs
 
-import attrs
 from autobahn.websocket import protocol as _autobahn
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -44,8 +43,7 @@ _url_to_origin: Any = getattr(_autobahn, "_url_to_origin", None)
 _is_same_origin: Any = getattr(_autobahn, "_is_same_origin", None)
 
 
-@attrs.frozen
-class PlainRequest:
+class PlainRequest(NamedTuple):
     """A plain upgrade request, as Autobahn's ``processHandshake`` would read it."""
 
     head: bytes
@@ -85,10 +83,9 @@ def read_plain(data: bytes, external_port: int | None) -> PlainRequest | None:
     headers: dict[str, str] = {}
     for line in lines[1:]:
         name, _, value = line.partition(":")
-        name = name.lower()
-        if name in headers:
-            return None  # Autobahn joins repeated headers, or refuses some
-        headers[name] = value.strip(" \t")
+        headers[name.lower()] = value.strip(" \t")
+    if len(headers) != len(lines) - 1:
+        return None  # a repeated header: Autobahn joins the values, or refuses some
     host = _host(headers.get("host"), external_port)
     if (
         host is None
@@ -130,7 +127,10 @@ def _host(value: str | None, external_port: int | None) -> str | None:
 
 
 def _has_token(value: str | None, token: str) -> bool:
-    return value is not None and any(v.strip().lower() == token for v in value.split(","))
+    if value is None:
+        return False
+    value = value.lower()
+    return value == token or any(v.strip() == token for v in value.split(","))
 
 
 def open_plain(link: Any) -> bool:

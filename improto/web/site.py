@@ -27,6 +27,7 @@ from twisted.web.server import Request, Site
 from improto.router.observer import NO_METRICS, Observer
 from improto.settings import Settings
 from improto.web.limits import ConnectionCounter, OncePerKey, http_response
+from improto.web.timers import BucketTimer
 from improto.web.upgrade import hand_over, upgrade_path
 
 _log = Logger()
@@ -251,6 +252,8 @@ class GuardedSite(Site):
         super().__init__(resource, timeout=settings.idle_timeout or None, reactor=reactor)
         self.settings = settings
         self.noisy = False
+        #: The channels' callLater: idle timeouts and request deadlines, O(1) to cancel.
+        self.timers = BucketTimer(self.reactor)
         #: HTTP connections (not WebSockets) per peer address.
         self.pending = ConnectionCounter(settings.max_handshakes_per_ip)
         self._logged = OncePerKey()
@@ -276,5 +279,7 @@ class GuardedSite(Site):
         size = self.settings.max_header_size
         channel.totalHeadersSize = size
         channel.MAX_LENGTH = size
+        # As HTTPFactory.buildProtocol sets the reactor's (TimeoutMixin reads it).
+        channel.callLater = self.timers.call_later  # type: ignore[method-assign,assignment]
         channel.hold(self.pending, address)
         return channel

@@ -162,3 +162,28 @@ def test_a_factory_that_builds_no_protocol_leaves_the_request_to_twisted_web(sit
     assert armed == [True]  # nothing of the channel was undone for the attempt
     assert made == [1]
     assert transport.value().startswith(b"HTTP/1.1 101 ")
+
+
+def test_request_deadlines_run_on_the_sites_bucket_timer():
+    from twisted.internet.task import Clock
+    from twisted.web.resource import Resource
+
+    from improto.settings import Settings
+    from improto.web.site import GuardedSite
+
+    clock = Clock()
+    site = GuardedSite(Resource(), Settings(handshake_timeout=2, idle_timeout=30), clock)
+    slow, slow_transport = connect(site, b"GET / HTTP/1.1\r\nHost: x\r\n")
+    assert slow.callLater == site.timers.call_later
+    assert len(site.timers) == 2  # the request deadline and Twisted's idle timeout
+    clock.advance(1.9)
+    assert slow_transport.value() == b""
+    clock.advance(0.35)  # due at 2 s, run at most one bucket (0.2 s) later
+    assert slow_transport.value().startswith(b"HTTP/1.1 408 Request Timeout")
+
+
+def test_an_upgraded_connection_leaves_no_http_timer_armed(built):
+    site = built.site
+    before = len(site.timers)
+    connect(site, UPGRADE)
+    assert len(site.timers) == before
