@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 from improto.router.sessions import Session
 
 
@@ -17,7 +15,7 @@ class GroupMembership:
     def __init__(self) -> None:
         self._members: dict[str, set[Session]] = {}
         #: group -> user -> that user's (non-listener) sessions in the group.
-        self._users: dict[str, Counter[str]] = {}
+        self._users: dict[str, dict[str, int]] = {}
 
     def members(self, group: str) -> set[Session]:
         return self._members.get(group, set())
@@ -28,26 +26,35 @@ class GroupMembership:
     def add(self, session: Session, group: str) -> bool:
         """Put ``session`` in ``group``; True when its user was not in it here."""
         session.groups.add(group)
-        members = self._members.setdefault(group, set())
-        users = self._users.setdefault(group, Counter())
-        first = users[session.user] == 0
+        members = self._members.get(group)
+        if members is None:
+            members = self._members[group] = set()
+            self._users[group] = {}
         members.add(session)
         if session.listener:
             return False
-        users[session.user] += 1
-        return first
+        users = self._users[group]
+        count = users.get(session.user, 0)
+        users[session.user] = count + 1
+        return count == 0
 
     def remove(self, session: Session, group: str) -> bool:
         """Take ``session`` out of ``group``; True when its user is gone from it here."""
         session.groups.discard(group)
-        members = self._members.get(group, set())
-        users = self._users.get(group, Counter())
-        if session in members and not session.listener:
-            users[session.user] -= 1
-            if users[session.user] <= 0:
-                del users[session.user]
+        members = self._members.get(group)
+        if members is None or session not in members:
+            return False
         members.discard(session)
+        users = self._users[group]
+        gone = False
+        if not session.listener:
+            count = users[session.user] - 1
+            if count:
+                users[session.user] = count
+            else:
+                del users[session.user]
+                gone = True
         if not members:
-            self._members.pop(group, None)
-            self._users.pop(group, None)
-        return not session.listener and not users.get(session.user)
+            del self._members[group]
+            del self._users[group]
+        return gone
