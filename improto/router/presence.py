@@ -76,9 +76,10 @@ class Presence:
             return then(call(scope, user), self._announce, group, event, user, named, exclude)
         try:
             changed = now.presence_add_now(scope, user) if add else now.presence_remove_now(scope, user)
-            channel = group_channel(group)
-            if changed and not self._nobody_hears(channel):
-                now.publish_now(channel, self._envelope(event, user, named, exclude))
+            if changed:
+                channel = group_channel(group)
+                if not self._nobody_hears(channel):
+                    now.publish_now(channel, self._envelope(event, user, named, exclude))
         except BackendUnavailable:
             return fail()
         return None

@@ -37,8 +37,9 @@ from improto.web.upgrade import PLAIN_HEAD
 _log = Logger()
 
 _KEY = re.compile(r"[A-Za-z0-9+/]{22}==")
-#: Autobahn's own helpers for the origin check (private, but unchanged since
-#: 2016); without them every handshake takes Autobahn's path.
+#: Autobahn's own helpers for the origin check (private names: if an Autobahn
+#: release drops them, every handshake takes Autobahn's path, and
+#: tests/web/test_handshake.py compares the two paths on whatever is installed).
 _url_to_origin: Any = getattr(_autobahn, "_url_to_origin", None)
 _is_same_origin: Any = getattr(_autobahn, "_is_same_origin", None)
 

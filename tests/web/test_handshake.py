@@ -207,3 +207,12 @@ def test_hostile_and_unusual_requests_get_what_autobahn_gives_them() -> None:
 ])
 def test_what_the_short_way_leaves_to_autobahn(raw: bytes) -> None:
     assert handshake.read_plain(raw, None) is None
+
+
+def test_without_autobahns_origin_helpers_every_request_is_autobahns(monkeypatch) -> None:
+    monkeypatch.setattr(handshake, "_url_to_origin", None)
+    answers: list[bool] = []
+    real = handshake.open_plain
+    monkeypatch.setattr(handshake, "open_plain", lambda link: answers.append(real(link)) or answers[-1])
+    assert same(request(BASE))["sent"].startswith(b"HTTP/1.1 101")
+    assert answers == [False]
