@@ -271,6 +271,26 @@ class IPrivateBackend(Interface):
         """
 
 
+class IAnnouncingPresence(Interface):
+    """
+    Optional: a presence change and its announcement in one call, for a
+    backend that can make them one round trip (the standalone Redis
+    backend: the presence script publishes). Without it the router calls
+    :meth:`IBackend.presence_add` (or ``presence_remove``), then
+    :meth:`IBackend.publish` when that answered True.
+    """
+
+    def presence_add_announcing(scope: str, member: str, channel: str, envelope: Envelope) -> Deferred[bool]:
+        """
+        :meth:`IBackend.presence_add`; when it answers True, also
+        :meth:`IBackend.publish` ``envelope`` on ``channel``, before the
+        answer fires. Fails as either would.
+        """
+
+    def presence_remove_announcing(scope: str, member: str, channel: str, envelope: Envelope) -> Deferred[bool]:
+        """:meth:`IBackend.presence_remove`, announcing likewise when it answers True."""
+
+
 class IImmediateBackend(Interface):
     """
     Optional, for a backend whose calls never wait on a network (the memory

@@ -24,6 +24,7 @@ from improto.backends.interface import (
     Envelope,
     EnvelopeCallback,
     HistoryPage,
+    IAnnouncingPresence,
     IBackend,
     IImmediateBackend,
     IPrivateBackend,
@@ -46,7 +47,7 @@ class MemoryHub:
     streams: MemoryStreams = attrs.field(factory=MemoryStreams)
 
 
-@implementer(IBackend, IPrivateBackend, IImmediateBackend)
+@implementer(IBackend, IPrivateBackend, IImmediateBackend, IAnnouncingPresence)
 class MemoryBackend:
     """
     Delivers synchronously, inside ``publish`` (before its Deferred fires:
@@ -159,6 +160,24 @@ class MemoryBackend:
         if not members:
             self.hub.presence.pop(scope, None)
         return True
+
+    def presence_add_announcing(
+        self, scope: str, member: str, channel: str, envelope: Envelope
+    ) -> Deferred[bool]:
+        return _answered(self._announcing, self.presence_add_now, scope, member, channel, envelope)
+
+    def presence_remove_announcing(
+        self, scope: str, member: str, channel: str, envelope: Envelope
+    ) -> Deferred[bool]:
+        return _answered(self._announcing, self.presence_remove_now, scope, member, channel, envelope)
+
+    def _announcing(
+        self, change: Callable[[str, str], bool], scope: str, member: str, channel: str, envelope: Envelope
+    ) -> bool:
+        changed = change(scope, member)
+        if changed:
+            self.publish_now(channel, envelope)
+        return changed
 
     def presence_members(self, scope: str) -> Deferred[list[str]]:
         if (refused := self._refuse("list presence")) is not None:

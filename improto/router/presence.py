@@ -19,6 +19,7 @@ from improto.backends.interface import (
     Audience,
     BackendUnavailable,
     Envelope,
+    IAnnouncingPresence,
     IBackend,
     IImmediateBackend,
 )
@@ -38,12 +39,16 @@ class Presence:
     (:class:`IImmediateBackend`, the memory backend) every call is, and
     costs no Deferred (four per connection: online, lobby join and leave,
     offline). There an announcement that no node could hear
-    (``nobody_hears(channel)``) is not even encoded.
+    (``nobody_hears(channel)``) is not even encoded. A backend that can
+    change presence and announce it in one round trip
+    (:class:`IAnnouncingPresence`, standalone Redis) is asked to; on any
+    other, the announcement is published once the change is confirmed.
     """
 
     def __init__(self, backend: IBackend, nobody_hears: Callable[[str], bool] | None = None) -> None:
         self._backend = backend
         self._now: IImmediateBackend | None = IImmediateBackend(backend, None)
+        self._announcing: IAnnouncingPresence | None = IAnnouncingPresence(backend, None)
         self._nobody_hears = nobody_hears or (lambda channel: False)
 
     def came_online(self, user: str, exclude: str) -> Deferred[None] | None:
@@ -72,6 +77,11 @@ class Presence:
         """
         now = self._now
         if now is None:
+            announcing = self._announcing
+            if announcing is not None:
+                # One call; the frame is encoded whether or not it is sent.
+                change = announcing.presence_add_announcing if add else announcing.presence_remove_announcing
+                return change(scope, user, group_channel(group), self._envelope(event, user, named, exclude))
             call = self._backend.presence_add if add else self._backend.presence_remove
             return then(call(scope, user), self._announce, group, event, user, named, exclude)
         try:

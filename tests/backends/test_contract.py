@@ -20,10 +20,11 @@ from improto.backends.interface import (
     BackendState,
     BackendUnavailable,
     Envelope,
+    IAnnouncingPresence,
     IBackend,
 )
 from tests.backends.conftest import Cluster
-from tests.backends.support import Inbox, envelope
+from tests.backends.support import Inbox, envelope, settle
 
 # -- the contract, for every backend --------------------------------------
 
@@ -114,6 +115,29 @@ async def test_presence_add_and_remove_across_nodes(cluster: Cluster) -> None:
     assert await b.presence_remove("online", "alice") is False
     assert await a.presence_remove("online", "nobody") is False
     assert await b.presence_add("online", "alice") is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_presence_is_announced_in_the_same_call_only_when_it_changes(cluster: Cluster) -> None:
+    a, b = cluster.a, cluster.b
+    if cluster.kind == "redis-cluster":
+        # The presence hash and the channel are in different slots: the
+        # router makes the two calls in turn there.
+        assert not IAnnouncingPresence.providedBy(a)
+        return
+    assert verifyObject(IAnnouncingPresence, a)
+    inbox = Inbox()
+    await b.subscribe("group:lobby", inbox)
+    online, offline = envelope(b"online"), envelope(b"offline")
+    assert await a.presence_add_announcing("online", "alice", "group:lobby", online) is True
+    assert await b.presence_add_announcing("online", "alice", "group:lobby", envelope(b"no")) is False
+    assert await a.presence_remove_announcing("online", "alice", "group:lobby", envelope(b"no")) is False
+    assert await b.presence_remove_announcing("online", "alice", "group:lobby", offline) is True
+    assert await a.presence_remove_announcing("online", "nobody", "group:lobby", envelope(b"no")) is False
+    await settle(a, b)
+    await settle(b, b)
+    assert sorted(e.data for e in inbox.items) == [b"offline", b"online"]
+    assert await a.presence_members("online") == []
 
 
 @pytest_twisted.ensureDeferred

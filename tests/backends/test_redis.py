@@ -362,3 +362,30 @@ async def test_stop_while_starting(
     finally:
         client.close()
     assert _noise(caplog_events) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_presence_and_its_announcement_are_one_script(redis_nodes: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from improto.backends.redis import presence
+    from improto.backends.redis.client import RespConnection
+    from improto.router import Router
+    from tests.fakes import FakeLink
+
+    node = redis_nodes("node-a")
+    await node.start()
+    router = Router(node)
+    watcher = FakeLink()
+    router.connect(watcher, "watcher", native=True)  # someone who hears presence
+    await eventually(lambda: node.presence_members("online").addCallback(lambda m: m == ["watcher"]))
+    sent: list[tuple[Any, ...]] = []
+    execute = RespConnection.execute
+    monkeypatch.setattr(RespConnection, "execute", lambda conn, *args: sent.append(args[:2]) or execute(conn, *args))
+    alice = router.connect(FakeLink(), "alice", native=False)
+    router.disconnect(alice)
+    await eventually(lambda: len([f for f in watcher.json() if f.get("type") == "presence"]) >= 4)
+    changes = [c for c in sent if c in ((b"EVALSHA", presence.ADD.sha), (b"EVALSHA", presence.REMOVE.sha))]
+    # Online, lobby join, lobby leave, offline: four scripts, which also
+    # published the four announcements (no PUBLISH of their own).
+    assert len(changes) == 4 and not [c for c in sent if c[0] == b"PUBLISH"]
+    events = [(f["event"], f["user"]) for f in watcher.take() if f.get("type") == "presence"]
+    assert events[-4:] == [("online", "alice"), ("join", "alice"), ("leave", "alice"), ("offline", "alice")]

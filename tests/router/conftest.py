@@ -15,7 +15,7 @@ def backend_calls(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
     ``immediate``: the memory backend as it is, answering the router's
     per-message calls at once (``IImmediateBackend``); ``deferred``: the
     router waits on Deferreds, as it does on Redis; ``in-steps``: the router
-    sees a plain ``IBackend`` (no ``IPrivateBackend``), as on Redis Cluster. Use with ``pytestmark = pytest.mark.usefixtures("backend_calls")``.
+    sees a plain ``IBackend`` (no ``IPrivateBackend``, no ``IAnnouncingPresence``), as on Redis Cluster. Use with ``pytestmark = pytest.mark.usefixtures("backend_calls")``.
     """
     def not_provided(backend: Any, default: Any = None) -> Any:
         return default
@@ -25,4 +25,5 @@ def backend_calls(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
             monkeypatch.setattr(module, "IImmediateBackend", not_provided)
     if request.param == "in-steps":
         monkeypatch.setattr(durable, "IPrivateBackend", not_provided)
+        monkeypatch.setattr(presence, "IAnnouncingPresence", not_provided)
     return str(request.param)

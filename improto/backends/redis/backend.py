@@ -71,6 +71,7 @@ from improto.backends.interface import (
     Envelope,
     EnvelopeCallback,
     HistoryPage,
+    IAnnouncingPresence,
     IBackend,
     IPrivateBackend,
     Retention,
@@ -97,7 +98,7 @@ class RedisStats:
     decode_errors: collections.Counter[str] = attrs.field(factory=collections.Counter)
 
 
-@implementer(IBackend, IPrivateBackend)
+@implementer(IBackend, IPrivateBackend, IAnnouncingPresence)
 class RedisBackend:
     """See the module docstring; build one with :meth:`from_url`."""
 
@@ -376,20 +377,37 @@ class RedisBackend:
     # -- presence ---------------------------------------------------------
 
     def presence_add(self, scope: str, member: str) -> Deferred[bool]:
-        try:
-            conn = self._command_connection("add presence")
-        except BackendUnavailable:
-            return fail()
-        return self._presence.add(conn, scope, member)
+        return self._presence_change(True, scope, member, None)
 
     def presence_remove(self, scope: str, member: str) -> Deferred[bool]:
+        return self._presence_change(False, scope, member, None)
+
+    def presence_add_announcing(self, scope: str, member: str, channel: str, envelope: Envelope) -> Deferred[bool]:
+        return self._presence_change(True, scope, member, (channel, envelope))
+
+    def presence_remove_announcing(self, scope: str, member: str, channel: str, envelope: Envelope) -> Deferred[bool]:
+        return self._presence_change(False, scope, member, (channel, envelope))
+
+    def _presence_change(
+        self, add: bool, scope: str, member: str, announce: tuple[str, Envelope] | None
+    ) -> Deferred[bool]:
+        """One presence script; with ``announce``, it also publishes on a change."""
         try:
-            conn = self._command_connection("remove presence")
+            conn = self._command_connection("add presence" if add else "remove presence")
+            published = None if announce is None else (
+                self._channel_prefix + announce[0].encode("utf-8"), encode_envelope(announce[1]))
         except BackendUnavailable:
-            if self._state is not BackendState.STOPPED:
+            if not add and self._state is not BackendState.STOPPED:
                 self._presence.forget(scope, member)
             return fail()
-        return self._presence.remove(conn, scope, member)
+        change = self._presence.add if add else self._presence.remove
+        d = change(conn, scope, member, published)
+        return d if published is None else d.addCallback(self._announced)
+
+    def _announced(self, changed: bool) -> bool:
+        if changed:
+            self.stats.published += 1
+        return changed
 
     def presence_members(self, scope: str) -> Deferred[list[str]]:
         try:

@@ -39,6 +39,9 @@ from twisted.python.failure import Failure
 from improto.backends.interface import BackendUnavailable
 from improto.backends.redis.client import RedisReplyError, RespConnection, as_unavailable
 
+#: A channel key and an encoded envelope, published by the script on a change.
+Announcement = tuple[bytes, bytes]
+
 # Shared prologue: ARGV[1] heartbeat key prefix, ARGV[2] this node's id.
 # ``live(n)`` caches EXISTS per node for the duration of one script.
 _PROLOGUE = """
@@ -64,19 +67,30 @@ local function others(raw)
 end
 """
 
+# ARGV[4], ARGV[5], when given: a channel and a payload to PUBLISH if the
+# answer is 1 (IAnnouncingPresence: the change and its announcement in one call).
+_ANNOUNCE = """
+local function answer(changed)
+  if changed == 1 and ARGV[5] then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
+  return changed
+end
+"""
+
 _ADD = (
     _PROLOGUE
+    + _ANNOUNCE
     + """
 local keep, mine = others(redis.call('HGET', KEYS[1], ARGV[3]))
 local was_absent = (#keep == 0 and not mine) and 1 or 0
 keep[#keep + 1] = me
 redis.call('HSET', KEYS[1], ARGV[3], table.concat(keep, ' '))
-return was_absent
+return answer(was_absent)
 """
 )
 
 _REMOVE = (
     _PROLOGUE
+    + _ANNOUNCE
     + """
 local raw = redis.call('HGET', KEYS[1], ARGV[3])
 if not raw then return 0 end
@@ -86,7 +100,7 @@ if #keep == 0 then
 else
   redis.call('HSET', KEYS[1], ARGV[3], table.concat(keep, ' '))
 end
-return (mine and #keep == 0) and 1 or 0
+return answer((mine and #keep == 0) and 1 or 0)
 """
 )
 
@@ -167,7 +181,7 @@ class PresenceStore:
     def scope_key(self, scope: str) -> bytes:
         return self.prefix + b"presence:" + scope.encode("utf-8")
 
-    def _args(self, *extra: str) -> list[bytes | str | int]:
+    def _args(self, *extra: str | bytes) -> list[bytes | str | int]:
         return [self.prefix + b"node:", self.node_id, *extra]
 
     def load_scripts(self, conn: RespConnection) -> Deferred[Any]:
@@ -182,11 +196,14 @@ class PresenceStore:
     def goodbye(self, conn: RespConnection) -> Deferred[Any]:
         return conn.execute(b"DEL", self.heartbeat_key)
 
-    def add(self, conn: RespConnection, scope: str, member: str) -> Deferred[bool]:
-        return ADD.run(conn, [self.scope_key(scope)], self._args(member)).addCallback(bool)
+    def add(self, conn: RespConnection, scope: str, member: str,
+            announce: Announcement | None = None) -> Deferred[bool]:
+        """``announce`` (channel key, payload) is published if the answer is True."""
+        return ADD.run(conn, [self.scope_key(scope)], self._args(member, *announce or ())).addCallback(bool)
 
-    def remove(self, conn: RespConnection, scope: str, member: str) -> Deferred[bool]:
-        return REMOVE.run(conn, [self.scope_key(scope)], self._args(member)).addCallback(bool)
+    def remove(self, conn: RespConnection, scope: str, member: str,
+               announce: Announcement | None = None) -> Deferred[bool]:
+        return REMOVE.run(conn, [self.scope_key(scope)], self._args(member, *announce or ())).addCallback(bool)
 
     def members(self, conn: RespConnection, scope: str) -> Deferred[list[str]]:
         d = MEMBERS.run(conn, [self.scope_key(scope)], self._args())
@@ -209,7 +226,8 @@ class NodePresence:
         self.entries: set[Entry] = set()
         self.tombstones: set[Entry] = set()
 
-    def add(self, conn: RespConnection, scope: str, member: str) -> Deferred[bool]:
+    def add(self, conn: RespConnection, scope: str, member: str,
+            announce: Announcement | None = None) -> Deferred[bool]:
         entry = (scope, member)
         self.tombstones.discard(entry)
         self.entries.add(entry)
@@ -219,9 +237,10 @@ class NodePresence:
             self.tombstones.add(entry)
             return as_unavailable(failure, "presence_add")
 
-        return self.store.add(conn, scope, member).addErrback(failed)
+        return self.store.add(conn, scope, member, announce).addErrback(failed)
 
-    def remove(self, conn: RespConnection, scope: str, member: str) -> Deferred[bool]:
+    def remove(self, conn: RespConnection, scope: str, member: str,
+               announce: Announcement | None = None) -> Deferred[bool]:
         entry = (scope, member)
         self.entries.discard(entry)
 
@@ -229,7 +248,7 @@ class NodePresence:
             self.tombstones.add(entry)
             return as_unavailable(failure, "presence_remove")
 
-        return self.store.remove(conn, scope, member).addErrback(failed)
+        return self.store.remove(conn, scope, member, announce).addErrback(failed)
 
     def forget(self, scope: str, member: str) -> None:
         """Remove while Redis cannot be told: the removal is replayed on reconnect."""

@@ -25,7 +25,14 @@ from twisted.python.failure import Failure
 from improto.backends.interface import BackendUnavailable
 from improto.backends.redis.client import RedisReplyError, RespConnection
 from improto.backends.redis.connection import RedisLink
-from improto.backends.redis.presence import ADD, HEARTBEAT, MEMBERS, REMOVE, PresenceStore
+from improto.backends.redis.presence import (
+    ADD,
+    HEARTBEAT,
+    MEMBERS,
+    REMOVE,
+    Announcement,
+    PresenceStore,
+)
 from improto.backends.redis.sharded import ShardedSubscriber
 from improto.backends.redis.slots import Address, key_slot, show
 
@@ -187,17 +194,27 @@ class ClusterPresenceStore(PresenceStore):
         self.touched.clear()
         return gatherResults([conn.execute(b"DEL", key) for key in keys], consumeErrors=True).addErrback(_unwrap)
 
-    def add(self, conn: RespConnection, scope: str, member: str) -> Deferred[bool]:
+    def add(self, conn: RespConnection, scope: str, member: str,
+            announce: Announcement | None = None) -> Deferred[bool]:
+        _no_announcement(announce)
         self.touched.add(scope)
         # Same slot, same connection, in order: the heartbeat is there first.
         self._beat(conn, scope).addErrback(lambda _: None)
         args: list[bytes | str | int] = [self._node_prefix(scope), self.node_id, member]
         return ADD.run(conn, [self.scope_key(scope)], args).addCallback(bool)
 
-    def remove(self, conn: RespConnection, scope: str, member: str) -> Deferred[bool]:
+    def remove(self, conn: RespConnection, scope: str, member: str,
+               announce: Announcement | None = None) -> Deferred[bool]:
+        _no_announcement(announce)
         args: list[bytes | str | int] = [self._node_prefix(scope), self.node_id, member]
         return REMOVE.run(conn, [self.scope_key(scope)], args).addCallback(bool)
 
     def members(self, conn: RespConnection, scope: str) -> Deferred[list[str]]:
         d = MEMBERS.run(conn, [self.scope_key(scope)], [self._node_prefix(scope), self.node_id])
         return d.addCallback(lambda raw: sorted(m.decode("utf-8", "replace") for m in raw))
+
+
+def _no_announcement(announce: Announcement | None) -> None:
+    """The presence hash and the channel are in different slots: a script cannot publish there."""
+    if announce is not None:
+        raise ValueError("Redis Cluster presence cannot announce in its script (no IAnnouncingPresence)")
