@@ -190,10 +190,13 @@ def test_redis_backend_metrics(redis_url: str, redis_prefix: str) -> None:
                           "--metrics", f"tcp:{port}:interface=127.0.0.1")
     try:
         before = scrape(port)
-        with connect(server.ws_url("hana")) as hana, connect(server.ws_url("ivan")) as ivan:
+        with connect(server.ws_url("hana")) as hana, connect(server.ws_url("ivan")) as ivan, \
+                connect(f"{server.ws}/echo") as echo:
             for i in range(3):
                 hana.send(f"via redis {i}")
+                echo.send(f"echo {i}")  # each one a PUBLISH (presence is published by its scripts)
             assert [recv_json(ivan)["msg"] for _ in range(3)] == [f"via redis {i}" for i in range(3)]
+            assert [echo.recv(timeout=5) for _ in range(3)] == [f"echo {i}" for i in range(3)]
             after = scrape(port)
         published = delta(before, after, "improto_backend_publish_seconds_count")
         assert published >= 3
