@@ -49,7 +49,7 @@ class Subscriptions:
                 try:
                     self._now.subscribe_now(channel, callback)
                 except BackendUnavailable:
-                    pass  # made on reconnect, as below; nobody waits for that
+                    pass  # a stopped backend: nobody waits for that, as below
                 return None
             subscribed = self._backend.subscribe(channel, callback)
             if done(subscribed):
