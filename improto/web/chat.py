@@ -134,7 +134,9 @@ class ChatServerProtocol(LinkProtocol):
             return False
         except ProtocolError as e:
             self.factory.router.metrics.refused("bad_name")
-            self._refusal = e
+            # Without its traceback, whose frames hold this connection: kept,
+            # it would make the connection a reference cycle.
+            self._refusal = e.with_traceback(None)
             return False
         self._nickname, self._allowed_groups = identity.user, identity.groups
         return True

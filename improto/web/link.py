@@ -27,7 +27,7 @@ import txaio
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.util import encode_truncate
 from autobahn.websocket.compress import PerMessageDeflate
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -94,6 +94,34 @@ class _SendQueue:
             link.__dict__["_send_queue"] = queue
 
 
+class _ClosedWith:
+    """
+    Autobahn's ``is_closed`` once a connection is gone: a fired Deferred
+    of the connection, as Autobahn's own would be, made when asked.
+
+    Autobahn fires ``is_closed`` with the connection itself, so the
+    connection and its Deferred would keep each other alive: a reference
+    cycle that only the garbage collector frees, and with it everything
+    the connection holds (about 20 objects per connection; under a flood
+    of connections a collection of thousands of them each, 13-23 ms long,
+    ``benchmarks/README.md``). :func:`_forget_is_closed` drops the
+    connection's own reference once it is lost; whoever took the Deferred
+    before still has it, and a later reader of ``is_closed`` gets this.
+    """
+
+    def __get__(self, link: Any, owner: Any = None) -> Any:
+        if link is None:
+            return self
+        return succeed(link)
+
+
+def _forget_is_closed(link: Any) -> None:
+    """Drop ``link``'s reference to its fired ``is_closed`` (see :class:`_ClosedWith`)."""
+    closed = link.__dict__.get("is_closed")
+    if closed is not None and closed.called:
+        del link.__dict__["is_closed"]
+
+
 class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     """
     What every improto connection shares: being a router ``SessionLink``,
@@ -124,6 +152,7 @@ class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     #: Whether ``on`` added an event listener (improto adds none).
     _observed = False
     send_queue = _SendQueue()
+    is_closed = _ClosedWith()
     #: The per-address and per-user connection slots this connection holds
     #: (``ChatServerFactory.admit`` and ``count_user``), given back when it
     #: is lost: two attributes rather than two callbacks on ``is_closed``
@@ -145,6 +174,14 @@ class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         finally:
             if self.address_slot is not None or self.user_slot is not None:
                 self.factory.give_back(self)
+            # Autobahn leaves a close handshake's timer (after a close of
+            # ours) armed when the connection is lost: it would hold the
+            # connection for closeHandshakeTimeout seconds for nothing.
+            timer = getattr(self, "closeHandshakeTimeoutCall", None)
+            if timer is not None:
+                timer.cancel()
+                self.closeHandshakeTimeoutCall = None
+            _forget_is_closed(self)
 
     def processHandshake(self) -> None:
         """

@@ -152,6 +152,39 @@ def test_close_removes_the_session(factory):
     assert not factory.router.sessions
 
 
+@pytest.mark.parametrize("how", ["client close", "refused name", "origin 403", "dropped"])
+def test_a_lost_connection_is_freed_without_the_garbage_collector(factory, how):
+    """
+    Autobahn fires ``is_closed`` with the connection itself: were the
+    connection to keep its Deferred, the two would form a cycle that only a
+    garbage collection frees, with everything the connection holds.
+    """
+    import gc
+    import weakref
+
+    path, headers = {"refused name": ("/ws/%00", ""), "origin 403": ("/ws/a", "Origin: http://x.example\r\n")
+                     }.get(how, ("/ws/alice", ""))
+    gc.collect()
+    gc.disable()
+    try:
+        client = Client(factory, path, headers)
+        if how == "client close":
+            client.send((1000).to_bytes(2, "big"), opcode=8)
+        waiting = client.protocol.is_closed
+        heard: list[object] = []
+        waiting.addCallback(heard.append)
+        _lose(client)
+        client.transport.producer = None  # as Twisted's FileDescriptor.connectionLost does
+        assert heard == [client.protocol]
+        assert client.protocol.is_closed.called and client.protocol.is_closed.result is client.protocol
+        link = weakref.ref(client.protocol)
+        del client, waiting
+        heard.clear()
+        assert link() is None, [type(r).__name__ for r in gc.get_referrers(link())]
+    finally:
+        gc.enable()
+
+
 def test_a_compression_bomb_closes_with_1009(factory):
     import zlib
 
