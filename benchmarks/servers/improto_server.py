@@ -9,9 +9,11 @@ wall with ``--profile-clock wall``), SIGUSR2 stops it and writes FILE. ``--stock
 ``improto.web.quiet`` (``quiet.uninstall()``): the same server on stock
 Autobahn, to measure what it buys ("before"). ``--tcp-nodelay`` is a no-op
 kept for old command lines: twisted.web's HTTP channel sets TCP_NODELAY on
-every accepted socket, and improto's ``LinkProtocol.tcpNoDelay`` again.
+every accepted socket (``improto.web.details``).
 ``--history-size N`` is passed to twistd: ``0`` turns history off (plain
 at-most-once pub/sub), for the history on/off comparison.
+``IMPROTO_EXTRA`` in the environment: more ``twistd improto`` options,
+space-separated (e.g. ``--gc-threshold 0``), for A/B runs by hand.
 ``IMPROTO_BENCH_BUFFERED_WRITES=1`` in the environment (inherited from
 ``run.py``) turns off ``improto.web.flush`` (``flush.enabled = False``):
 every broadcast buffered by ``transport.write`` as before that policy,
@@ -77,7 +79,7 @@ def main() -> None:
         # per-user limits a public deployment keeps.
         "--max-connections-per-ip", "0", "--max-handshakes-per-ip", "0",
         "--max-connections-per-user", "0",
-    ]
+    ] + os.environ.get("IMPROTO_EXTRA", "").split()
     if args.backend:
         sys.argv += ["--backend", args.backend]
     if args.workers:

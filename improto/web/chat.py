@@ -215,6 +215,11 @@ class ChatServerFactory(WebSocketServerFactory):
     """
 
     protocol: type[LinkProtocol] = ChatServerProtocol
+    #: Whether something has set ``TCP_NODELAY`` on its connections' sockets
+    #: before they reach the protocol, as twisted.web's ``HTTPChannel`` does
+    #: (``improto.web.resources.served_by_twisted_web`` sets it): if not,
+    #: the protocol sets it, as Autobahn does (:mod:`improto.web.details`).
+    no_delay_set = False
     #: ``protocol`` with this factory's options as class attributes (see
     #: :meth:`buildProtocol`); made again when the options or ``protocol`` change.
     _configured: type[LinkProtocol] | None = None

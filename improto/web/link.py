@@ -32,7 +32,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from improto.router import Router, Session
-from improto.web import flush, handshake, quiet
+from improto.web import details, flush, handshake, quiet
 from improto.web.framing import ContextFreeDeflate, compressed_frame, deflate
 
 _log = Logger()
@@ -163,10 +163,14 @@ class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     _queued = False
 
     def connectionMade(self) -> None:
+        """Autobahn's, without the system calls it makes for nothing (:mod:`improto.web.details`)."""
         # Instance attributes, not the class defaults, for what every write
         # reads: on Python 3.11 an instance attribute is the cheaper read.
         self._paused = self._dropping = self._queued = False
-        super().connectionMade()
+        if quiet.active and txaio.get_global_log_level() not in _DEBUG_LEVELS:  # type: ignore[attr-defined]
+            details.connection_made(self)
+        else:
+            super().connectionMade()
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         try:
@@ -257,6 +261,12 @@ class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         writes one frame per member; anything else, and everything while
         debug logging is on, is Autobahn's. The source it re-states is
         hash-pinned in ``tests/web/test_autobahn_quiet.py``.
+
+        The handshake's answer is buffered as Twisted does, not sent at
+        once like an idle member's broadcast: sent at once, each answer
+        woke the client's CPU on its own (about one cross-CPU wake-up more
+        per connection), which cost more handshakes a second than the two
+        ``epoll_ctl`` calls it saved (``benchmarks/README.md``).
         """
         if self._dropping:
             return

@@ -29,6 +29,17 @@ from improto.web.chat import ChatServerFactory
 from improto.web.feed import FeedHandler, FeedServerFactory
 
 
+def served_by_twisted_web(factory: ChatServerFactory) -> WebSocketResource:
+    """
+    ``factory`` as a twisted.web resource. Its connections come through an
+    ``HTTPChannel``, which sets ``TCP_NODELAY`` on every TCP (and TLS)
+    socket, so the protocol need not set it again (``no_delay_set``,
+    :mod:`improto.web.details`).
+    """
+    factory.no_delay_set = True
+    return WebSocketResource(factory)
+
+
 def websocket_resource(
     router: Router, settings: Settings = Settings(), reactor: Any = None
 ) -> WebSocketResource:
@@ -40,7 +51,7 @@ def websocket_resource(
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
-    return WebSocketResource(ChatServerFactory(router, settings, reactor))
+    return served_by_twisted_web(ChatServerFactory(router, settings, reactor))
 
 
 def feed_resource(
@@ -59,7 +70,7 @@ def feed_resource(
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
-    return WebSocketResource(FeedServerFactory(router, group, on_text, settings, reactor))
+    return served_by_twisted_web(FeedServerFactory(router, group, on_text, settings, reactor))
 
 
 #: The policy of a --static page: it may load what it likes, but not be
@@ -285,7 +296,7 @@ def root_resource(
     page = page_from_path(static) if static else default_page()
     chat = ChatServerFactory(router, settings, reactor)
     return RootResource(
-        WebSocketResource(chat), page, HealthResource(router),
+        served_by_twisted_web(chat), page, HealthResource(router),
         settings.echo_path, nameless_chat=settings.authenticator.verified, metrics=metrics,
         websocket_factory=chat,
     )

@@ -1,0 +1,84 @@
+"""
+A connection's start, without the system calls Autobahn makes for nothing.
+
+Autobahn's ``WebSocketAdapterProtocol.connectionMade`` builds the
+connection's ``TransportDetails`` with ``create_transport_details``, which
+asks the kernel for the process id and the thread id on every connection
+(``getpid``, ``gettid``), and then sets ``TCP_NODELAY`` on the socket,
+which twisted.web's ``HTTPChannel`` set a moment before for every
+connection that reaches improto through it. Three system calls of the
+seventeen a short-lived connection makes (``strace -c`` of
+``benchmarks/run.py --peers --only handshake``).
+
+:func:`connection_made` is that method re-stated (its source and
+``create_transport_details``'s are hash-pinned in
+``tests/web/test_details.py``): the ids are read once per process and
+thread, and ``TCP_NODELAY`` is left alone when the factory says an HTTP
+channel set it. The details are equal to Autobahn's (the same test
+compares them); a TLS transport gets Autobahn's own, as they read the
+certificate and channel binding.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from autobahn.twisted.util import create_transport_details, peer2str
+from autobahn.wamp.types import TransportDetails
+from twisted.internet.interfaces import ISSLTransport
+
+_pid: int | None = None
+#: ``threading.get_native_id()`` by ``threading.get_ident()`` (no system call).
+_native_ids: dict[int, int] = {}
+
+
+def _forget_ids() -> None:
+    global _pid
+    _pid = None
+    _native_ids.clear()
+
+
+os.register_at_fork(after_in_child=_forget_ids)
+
+
+def _own_ids() -> tuple[int, int]:
+    global _pid
+    if _pid is None:
+        _pid = os.getpid()
+    ident = threading.get_ident()
+    tid = _native_ids.get(ident)
+    if tid is None:
+        tid = _native_ids[ident] = threading.get_native_id()
+    return _pid, tid
+
+
+def transport_details(transport: Any, is_server: bool) -> TransportDetails:
+    """Autobahn's ``create_transport_details(transport, is_server)``, with the ids remembered."""
+    if ISSLTransport.providedBy(transport):
+        return create_transport_details(transport, is_server)
+    pid, tid = _own_ids()
+    return TransportDetails(
+        channel_type=TransportDetails.CHANNEL_TYPE_TCP,
+        channel_framing=TransportDetails.CHANNEL_FRAMING_WEBSOCKET,
+        peer=peer2str(transport), is_server=is_server, own_pid=pid, own_tid=tid,
+        own_fd=-1, is_secure=False, channel_id={}, peer_cert=None,
+    )
+
+
+def connection_made(link: Any) -> None:
+    """
+    Autobahn's ``WebSocketAdapterProtocol.connectionMade`` for ``link``,
+    minus its ``log.debug`` call, with :func:`transport_details`, and
+    without ``TCP_NODELAY`` where ``link.factory.no_delay_set`` says it is set.
+    """
+    details = link._transport_details = transport_details(link.transport, link.is_server)
+    details.channel_framing = TransportDetails.CHANNEL_FRAMING_WEBSOCKET
+    link.peer = details.peer
+    if not getattr(link.factory, "no_delay_set", False):
+        try:
+            link.transport.setTcpNoDelay(link.tcpNoDelay)
+        except Exception:  # Autobahn's bare except: e.g. a UNIX socket refuses it
+            pass
+    link._connectionMade()
