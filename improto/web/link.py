@@ -153,6 +153,7 @@ class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     _observed = False
     send_queue = _SendQueue()
     is_closed = _ClosedWith()
+    _transport_details = details.LazyTransportDetails()
     #: The per-address and per-user connection slots this connection holds
     #: (``ChatServerFactory.admit`` and ``count_user``), given back when it
     #: is lost: two attributes rather than two callbacks on ``is_closed``
@@ -186,6 +187,17 @@ class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
                 timer.cancel()
                 self.closeHandshakeTimeoutCall = None
             _forget_is_closed(self)
+
+    def _onOpen(self) -> None:
+        """
+        Autobahn's: it completes a secure connection's details, then calls
+        ``onOpen``. Details not made yet are a plain connection's
+        (:mod:`improto.web.details`): not secure, nothing to complete.
+        """
+        if "_transport_details" in self.__dict__:
+            super()._onOpen()
+        else:
+            self.onOpen()
 
     def processHandshake(self) -> None:
         """

@@ -36,10 +36,13 @@ REVIEWED = {
     "WebSocketAdapterProtocol.connectionMade":
         "63ceb64088e44552f7a6d6e97d2d7b5449cfb3dd86484c5e009356a316c6f7fe",
     "create_transport_details": "85822ec863135e7794566e7f64dc01936ee2477952f2657d5bb76429ac1aa3aa",
+    "WebSocketAdapterProtocol._onOpen":
+        "6cfc286602a22405a3d7f543183a5d5533104c134ef225feec0375c57376f0b3",
 }
 SOURCES = {
     "WebSocketAdapterProtocol.connectionMade": WebSocketAdapterProtocol.connectionMade,
     "create_transport_details": autobahn_util.create_transport_details,
+    "WebSocketAdapterProtocol._onOpen": WebSocketAdapterProtocol._onOpen,
 }
 
 
@@ -133,6 +136,42 @@ def test_a_connection_starts_as_on_autobahn(debug: bool) -> None:
     assert link.peer == "tcp4:127.0.0.1:40000"
     expected = autobahn_util.create_transport_details(transport, True)
     assert link.transport_details.marshal() == expected.marshal()
+
+
+def test_a_plain_connection_makes_its_details_only_when_asked() -> None:
+    link, transport = started(no_delay_set=True)
+    assert link.state == link.STATE_OPEN and "_transport_details" not in vars(link)
+    expected = autobahn_util.create_transport_details(transport, True).marshal()
+    assert link.transport_details.marshal() == expected
+    assert vars(link)["_transport_details"] is link.transport_details  # made once
+
+
+def test_a_secure_connection_gets_autobahns_details_at_once_and_completed_at_open(monkeypatch) -> None:
+    made: list[str] = []
+    real = autobahn_util.create_transport_details
+
+    def secure(transport, is_server):
+        made.append("start")
+        d = real(StringTransport(peerAddress=transport.getPeer()), is_server)
+        d.is_secure = True
+        return d
+
+    completed: list[str] = []
+    monkeypatch.setattr(details, "create_transport_details", secure)
+    import autobahn.twisted.websocket as autobahn_tw
+
+    monkeypatch.setattr(autobahn_tw, "transport_channel_id", lambda *a: completed.append("id") or b"x")
+    monkeypatch.setattr(autobahn_tw, "extract_peer_certificate", lambda t: completed.append("cert"))
+    backend = MemoryBackend()
+    backend.start()
+    factory = ChatServerFactory(Router(backend), Settings(), MemoryReactorClock())
+    link = factory.buildProtocol(None)
+    transport = NoDelayRecorder()
+    directlyProvides(transport, ISSLTransport)
+    link.makeConnection(transport)
+    link.dataReceived(wsframes.handshake("/ws/alice"))
+    assert link.state == link.STATE_OPEN and made == ["start"] and completed == ["id", "cert"]
+    assert link.transport_details.is_secure and link.transport_details.channel_id == {"tls-unique": b"x"}
 
 
 def test_no_second_no_delay_when_an_http_channel_set_it() -> None:
