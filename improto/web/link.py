@@ -372,7 +372,7 @@ class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         """
         global _sending_now, _broadcast_quiet
         turns = getattr(links[0].factory, "turns", None) if links else None
-        _sending_now = turns is not None and turns.direct()
+        _sending_now = turns is not None and turns.direct(len(links))
         _broadcast_quiet = _quiet_writes()
         try:
             cls._broadcast(links, data, binary)

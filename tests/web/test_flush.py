@@ -195,9 +195,34 @@ def test_the_first_broadcast_of_a_turn_sends_at_once_unless_a_burst_was_recent()
     assert turns.direct() is True
 
 
+def test_private_messages_send_at_once_while_turns_are_light() -> None:
+    clock = MemoryReactorClock()
+    turns = flush.Turns(clock)
+    light = flush.SINGLES_AT_ONCE
+    assert [turns.direct(1) for _ in range(light + 2)] == [True] * light + [False, False]
+    clock.advance(0)  # a heavy turn: the next one sends only its first at once
+    assert [turns.direct(1) for _ in range(3)] == [True, False, False]
+    clock.advance(0)  # that one was light again
+    assert [turns.direct(1) for _ in range(light)] == [True] * light
+    clock.advance(0)
+    clock.advance(0)  # a turn without any changes nothing
+    assert turns.direct(1) is True
+
+
+def test_private_messages_do_not_make_a_burst_of_fan_outs() -> None:
+    clock = MemoryReactorClock()
+    turns = flush.Turns(clock)
+    assert turns.direct(1) is True and turns.direct(1000) is True and turns.direct(1) is True
+    clock.advance(0)
+    assert turns.direct(1000) is True
+    assert turns.direct(1000) is False  # a second fan-out in a turn is still buffered
+    assert turns.direct(1) is True  # and it does not hold back the turn's first private one
+
+
 def test_with_the_policy_off_every_broadcast_is_buffered(monkeypatch) -> None:
     monkeypatch.setattr(flush, "enabled", False)
     assert flush.Turns(MemoryReactorClock()).direct() is False
+    assert flush.Turns(MemoryReactorClock()).direct(1) is False
 
 
 # -- through the deployed stack --------------------------------------------------------------
