@@ -64,6 +64,10 @@ _NO_LISTENERS.callback([])
 #: True while a broadcast sends at once where a member has nothing
 #: buffered (:class:`improto.web.flush.Turns` says which do).
 _sending_now = False
+#: While a broadcast runs, the clock its turn ends by: members' frames that
+#: are not sent at once are held until then where the socket is idle
+#: (:func:`improto.web.flush.hold`); None otherwise.
+_holding: Any = None
 #: True while a broadcast runs whose members' writes may skip Autobahn's
 #: ``sendData`` (:func:`_quiet_writes`, asked once per broadcast, not per member).
 _broadcast_quiet = False
@@ -272,7 +276,10 @@ class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         more than the write: ``benchmarks/micro.py``), as a broadcast
         writes one frame per member; anything else, and everything while
         debug logging is on, is Autobahn's. The source it re-states is
-        hash-pinned in ``tests/web/test_autobahn_quiet.py``.
+        hash-pinned in ``tests/web/test_autobahn_quiet.py``. A broadcast's
+        frame that does not go at once is held until the reactor's turn
+        ends where the socket is idle (:func:`improto.web.flush.hold`);
+        any other write first releases what is held for this connection.
 
         The handshake's answer is buffered as Twisted does, not sent at
         once like an idle member's broadcast: sent at once, each answer
@@ -300,12 +307,17 @@ class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             or not (_broadcast_quiet or (
                 quiet.active and txaio.get_global_log_level() not in _DEBUG_LEVELS))  # type: ignore[attr-defined]
         ):
+            if flush.held:
+                flush.release(self.transport)
             super().sendData(data, sync, chopsize)
             return
+        transport = self.transport
         if _sending_now:
-            flush.write(self.transport, data)
-        else:
-            self.transport.write(data)
+            flush.write_now(transport, data)
+        elif _holding is None or not flush.hold(transport, data, _holding):
+            if flush.held:
+                flush.release(transport)
+            transport.write(data)
         self.trafficStats.outgoingOctetsWireLevel += len(data)
 
     def dataReceived(self, data: bytes) -> None:
@@ -370,14 +382,16 @@ class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         frame it once per context-free compression setting (see
         :mod:`improto.web.framing` for why that one is ours).
         """
-        global _sending_now, _broadcast_quiet
+        global _sending_now, _broadcast_quiet, _holding
         turns = getattr(links[0].factory, "turns", None) if links else None
         _sending_now = turns is not None and turns.direct(len(links))
+        _holding = None if turns is None else turns.clock
         _broadcast_quiet = _quiet_writes()
         try:
             cls._broadcast(links, data, binary)
         finally:
             _sending_now = _broadcast_quiet = False
+            _holding = None
 
     @staticmethod
     def _broadcast(links: Sequence[Any], data: bytes, binary: bool) -> None:

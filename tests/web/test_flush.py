@@ -18,9 +18,11 @@ import pytest
 import pytest_twisted
 import twisted
 from twisted.internet import _newtls, abstract, main, tcp
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 
 from improto.backends.memory import MemoryBackend
 from improto.router import Router
@@ -118,6 +120,74 @@ def test_a_twisted_without_those_attributes_gets_plain_writes(pair, monkeypatch)
     transport, theirs, _ = pair
     del transport._tempDataLen
     assert flush.idle_socket(transport) is None
+
+
+# -- frames held until the turn ends -------------------------------------------------------
+
+
+@pytest.fixture
+def clock() -> Iterator[Clock]:
+    yield Clock()
+    flush.held.clear()  # whatever a failed test left
+    flush._flush_scheduled = False
+
+
+def test_held_frames_leave_together_when_the_turn_ends(pair, clock) -> None:
+    transport, theirs, reactor = pair
+    assert flush.hold(transport, b"one ", clock) and flush.hold(transport, b"two", clock)
+    # Neither on the socket nor in Twisted's buffer, and no epoll_ctl to watch it.
+    assert received(theirs) == b"" and flush.idle_socket(transport) is not None
+    assert transport not in reactor.getWriters()
+    clock.advance(0)
+    assert received(theirs) == b"one two" and not flush.held
+    assert transport not in reactor.getWriters()
+
+
+def test_a_busy_socket_is_not_held_for(pair, clock) -> None:
+    transport, theirs, _ = pair
+    transport.write(b"older")
+    assert flush.hold(transport, b"frame", clock) is False and not flush.held
+
+
+def test_with_the_policy_off_nothing_is_held(pair, clock, monkeypatch) -> None:
+    transport, _, _ = pair
+    monkeypatch.setattr(flush, "enabled", False)
+    assert flush.hold(transport, b"frame", clock) is False
+
+
+def test_a_write_that_must_follow_releases_what_is_held(pair, clock) -> None:
+    transport, theirs, reactor = pair
+    flush.hold(transport, b"held ", clock)
+    flush.write_now(transport, b"now ")  # a broadcast sent at once: still behind it
+    assert received(theirs) == b""
+    flush.release(transport)
+    transport.write(b"ack")
+    transport.doWrite()
+    assert received(theirs) == b"held now ack"
+    clock.advance(0)  # nothing left to send at the turn's end
+    assert received(theirs) == b"" and not flush.held
+
+
+def test_held_frames_the_kernel_does_not_take_are_buffered_in_order(pair, clock) -> None:
+    transport, theirs, reactor = pair
+    big = bytes(range(256)) * 8192  # 2 MiB: more than the socket pair holds
+    flush.hold(transport, big, clock)
+    flush.hold(transport, b"next", clock)
+    clock.advance(0)
+    got = received(theirs)
+    assert 0 < len(got) < len(big) + 4 and transport in reactor.getWriters()
+    while transport in reactor.getWriters():
+        transport.doWrite()
+        got += received(theirs)
+    assert got == big + b"next"
+
+
+def test_held_frames_of_a_lost_connection_are_dropped_quietly(pair, clock) -> None:
+    transport, theirs, _ = pair
+    flush.hold(transport, b"frame", clock)
+    transport.connectionLost(Failure(ConnectionDone()))
+    clock.advance(0)
+    assert not flush.held
 
 
 # -- the policy ----------------------------------------------------------------------------
@@ -280,6 +350,64 @@ async def test_behind_twisted_web_a_broadcast_reaches_idle_members_during_the_ca
         assert [f[:2] for f in wsframes.parse_frames(received(clients[1]))] == [
             (9, b"older"), (1, b"hello")
         ]
+    finally:
+        for sock in clients:
+            sock.close()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_behind_twisted_web_later_broadcasts_of_a_turn_are_held_and_keep_their_order() -> None:
+    """
+    The second broadcast of a turn is held for an idle member (not on the
+    socket, not in Twisted's buffer); a frame the member is sent next (an
+    ack, say) releases it first; the turn's end sends what is left.
+    """
+    from autobahn.twisted.resource import WebSocketResource
+    from twisted.internet import reactor
+    from twisted.web.resource import Resource
+    from twisted.web.server import Site
+
+    opened: list[ChatServerProtocol] = []
+
+    class Recording(ChatServerProtocol):
+        def onOpen(self) -> None:
+            super().onOpen()
+            opened.append(self)
+
+    backend = MemoryBackend()
+    backend.start()
+    factory = ChatServerFactory(Router(backend), Settings(), reactor)
+    factory.protocol = Recording
+    root = Resource()
+    root.putChild(b"ws", WebSocketResource(factory))
+    port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
+    clients = []
+    try:
+        for name in ("alice", "bob"):
+            sock = socket.create_connection(("127.0.0.1", port.getHost().port))
+            sock.setblocking(False)
+            sock.sendall(wsframes.handshake(f"/ws/{name}"))
+            clients.append(sock)
+        deadline = reactor.seconds() + 10
+        while len(opened) < 2 and reactor.seconds() < deadline:
+            await deferLater(reactor, 0.01, lambda: None)
+        await deferLater(reactor, 0.05, lambda: None)
+        for sock in clients:
+            received(sock)
+        by_port = {p.transport.getPeer().port: p for p in opened}
+        alice, bob = (by_port[sock.getsockname()[1]] for sock in clients)
+        factory.turns = flush.Turns(reactor)
+        ChatServerProtocol.broadcast([alice, bob], b"first", False)  # sent at once
+        ChatServerProtocol.broadcast([alice, bob], b"second", False)  # held
+        assert [f[1] for f in wsframes.parse_frames(received(clients[0]))] == [b"first"]
+        assert flush.idle_socket(alice.transport) is not None and alice.transport in flush.held
+        alice.send_frame(b"ack", False)  # releases "second" first
+        await deferLater(reactor, 0, lambda: None)
+        await deferLater(reactor, 0.05, lambda: None)
+        assert [f[1] for f in wsframes.parse_frames(received(clients[0]))] == [b"second", b"ack"]
+        assert [f[1] for f in wsframes.parse_frames(received(clients[1]))] == [b"first", b"second"]
+        assert not flush.held
     finally:
         for sock in clients:
             sock.close()
