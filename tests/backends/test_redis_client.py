@@ -14,9 +14,9 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from improto.backends.interface import Audience, BackendUnavailable, Envelope
+from improto.backends.interface import Audience, BackendUnavailable, Envelope, positioned
 from improto.backends.redis.client import RedisReplyError, RespConnection, pack
-from improto.backends.redis.wire import WireError, decode_envelope, encode_envelope
+from improto.backends.redis.wire import WireError, decode_envelope, encode_envelope, encode_head
 
 
 def test_wire_round_trip_and_errors() -> None:
@@ -32,6 +32,78 @@ def test_wire_round_trip_and_errors() -> None:
         decode_envelope(payload[:10])
     with pytest.raises(WireError, match="audience"):
         decode_envelope(payload[:2] + b"\x07" + payload[3:])
+
+
+def _positioned_payload(env: Envelope, stream: str, seq: bytes) -> bytes:
+    """What the append script publishes: the head, then len(seq), seq and the data."""
+    return encode_head(env, stream) + bytes([len(seq)]) + seq + env.data
+
+
+def test_a_positioned_envelope_decodes_with_its_stream_and_seq() -> None:
+    env = Envelope("node", "s-1", b'{"msg":"h\xc3\xa9"}', False, Audience.ALL, "s-1")
+    decoded = decode_envelope(_positioned_payload(env, "group:caf\u00e9", b"1234"))
+    assert decoded == positioned(env, "group:caf\u00e9", 1234)
+
+
+def _two_pass(payload: bytes) -> Envelope:
+    """The decoder of version 2 before it was one pass (a reference to compare with)."""
+    import struct
+
+    import attrs
+
+    header, stream_len_s = struct.Struct("!BBBHHH"), struct.Struct("!H")
+    end = header.size + stream_len_s.size
+    if len(payload) < end:
+        raise WireError("shorter than the envelope header")
+    (stream_len,) = stream_len_s.unpack_from(payload, header.size)
+    _, _, _, node_len, session_len, exclude_len = header.unpack_from(payload)
+    strings = end + node_len + session_len + exclude_len
+    seq_at = strings + stream_len
+    if len(payload) < seq_at + 1:
+        raise WireError("truncated envelope header strings")
+    seq_len = payload[seq_at]
+    raw_seq = payload[seq_at + 1 : seq_at + 1 + seq_len]
+    if len(raw_seq) != seq_len or not raw_seq.isdigit():
+        raise WireError("bad envelope seq")
+    try:
+        stream = payload[strings:seq_at].decode("utf-8")
+    except UnicodeDecodeError:
+        raise WireError("envelope header strings are not UTF-8") from None
+    v1 = b"".join((b"\x01", payload[1:header.size], payload[end:strings], payload[seq_at + 1 + seq_len :]))
+    return attrs.evolve(decode_envelope(v1), stream=stream, seq=int(raw_seq))
+
+
+def _outcome(decode: Any, payload: bytes) -> Any:
+    try:
+        return decode(payload)
+    except WireError as e:
+        return WireError, e.cause in ("shorter than the envelope header", "truncated envelope header strings")
+
+
+def test_the_one_pass_decoder_answers_as_the_two_pass_one_did() -> None:
+    import random
+
+    rng = random.Random(7)
+    samples = [
+        _positioned_payload(Envelope(n, s, d, b, a, x), stream, seq)
+        for n in ("", "node-1") for s in ("", "s\u00e9") for d in (b"", b"\x00data")
+        for b in (False, True) for a in (Audience.ALL, Audience.NATIVE) for x in (None, "", "s-2")
+        for stream in ("", "user:bob") for seq in (b"1", b"99999")
+    ]
+    checked = 0
+    for payload in samples:
+        variants = [payload, payload[: rng.randrange(len(payload) + 1)]]
+        for _ in range(6):
+            mutated = bytearray(payload)
+            mutated[rng.randrange(1, len(mutated))] = rng.randrange(256)
+            variants.append(bytes(mutated))
+        for variant in variants:
+            if variant[:1] != b"\x02":
+                continue
+            # The same envelope, or an error of the same kind (truncation vs content).
+            assert _outcome(decode_envelope, variant) == _outcome(_two_pass, variant), variant
+            checked += 1
+    assert checked > 2000
 
 
 def test_pack_is_resp_of_bytes_text_and_numbers() -> None:

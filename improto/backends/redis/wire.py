@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import struct
 
-import attrs
-
 from improto.backends.interface import Audience, Envelope
 
 VERSION = 1
@@ -95,23 +93,43 @@ def decode_envelope(payload: bytes) -> Envelope:
     if len(payload) < _HEADER.size:
         raise WireError("shorter than the envelope header")
     version, flags, audience_code, node_len, session_len, exclude_len = _HEADER.unpack_from(payload)
-    if version == VERSION_POSITIONED:
-        return _decode_positioned(payload)
-    if version != VERSION:
+    if version == VERSION:
+        start = _HEADER.size
+        stream_len = 0
+    elif version == VERSION_POSITIONED:
+        start = _HEADER.size + _STREAM_LEN.size
+        if len(payload) < start:
+            raise WireError("shorter than the envelope header")
+        (stream_len,) = _STREAM_LEN.unpack_from(payload, _HEADER.size)
+    else:
         raise WireError(f"unsupported envelope version {version}")
     audience = _AUDIENCES.get(audience_code)
     if audience is None:
         raise WireError(f"unknown audience code {audience_code}")
-    start = _HEADER.size
-    data_start = start + node_len + session_len + exclude_len
-    if len(payload) < data_start:
+    strings_end = start + node_len + session_len + exclude_len
+    data_start = strings_end + stream_len
+    stream: str | None = None
+    seq: int | None = None
+    if version == VERSION_POSITIONED:
+        # ... | stream | u8 len(seq) | seq | data
+        if len(payload) < data_start + 1:
+            raise WireError("truncated envelope header strings")
+        seq_len = payload[data_start]
+        raw_seq = payload[data_start + 1 : data_start + 1 + seq_len]
+        if len(raw_seq) != seq_len or not raw_seq.isdigit():
+            raise WireError("bad envelope seq")
+        seq = int(raw_seq)
+        data_start += 1 + seq_len
+    elif len(payload) < data_start:
         raise WireError("truncated envelope header strings")
     try:
         node = payload[start : start + node_len].decode("utf-8")
         start += node_len
         session = payload[start : start + session_len].decode("utf-8")
         start += session_len
-        exclude = payload[start : start + exclude_len].decode("utf-8")
+        exclude = payload[start:strings_end].decode("utf-8")
+        if version == VERSION_POSITIONED:
+            stream = payload[strings_end : strings_end + stream_len].decode("utf-8")
     except UnicodeDecodeError:
         raise WireError("envelope header strings are not UTF-8") from None
     return Envelope(
@@ -121,30 +139,6 @@ def decode_envelope(payload: bytes) -> Envelope:
         binary=bool(flags & _BINARY),
         audience=audience,
         exclude_session=exclude if flags & _HAS_EXCLUDE else None,
+        stream=stream,
+        seq=seq,
     )
-
-
-def _decode_positioned(payload: bytes) -> Envelope:
-    """Version 2: drop the stream length and the position, decode as version 1."""
-    end = _HEADER.size + _STREAM_LEN.size
-    if len(payload) < end:
-        raise WireError("shorter than the envelope header")
-    (stream_len,) = _STREAM_LEN.unpack_from(payload, _HEADER.size)
-    _, _, _, node_len, session_len, exclude_len = _HEADER.unpack_from(payload)
-    strings = end + node_len + session_len + exclude_len
-    seq_at = strings + stream_len
-    if len(payload) < seq_at + 1:
-        raise WireError("truncated envelope header strings")
-    seq_len = payload[seq_at]
-    raw_seq = payload[seq_at + 1 : seq_at + 1 + seq_len]
-    if len(raw_seq) != seq_len or not raw_seq.isdigit():
-        raise WireError("bad envelope seq")
-    try:
-        stream = payload[strings:seq_at].decode("utf-8")
-    except UnicodeDecodeError:
-        raise WireError("envelope header strings are not UTF-8") from None
-    v1 = b"".join((
-        bytes([VERSION]), payload[1:_HEADER.size], payload[end:strings],
-        payload[seq_at + 1 + seq_len :],
-    ))
-    return attrs.evolve(decode_envelope(v1), stream=stream, seq=int(raw_seq))
