@@ -69,6 +69,12 @@ class Router:
         self.replies = Replies(metrics)
         self.durable = DurableMessages(self, durability or Durability())
         self._inbound = Inbound(self)
+        if hasattr(backend, "native_listeners"):
+            # What a remote backend may drop undecoded (see its docstring).
+            backend.native_listeners = self._has_native_sessions
+
+    def _has_native_sessions(self) -> bool:
+        return self._table.native_count > 0
 
     @property
     def sessions(self) -> Mapping[str, Session]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.internet.defer import Deferred, FirstError, fail, gatherResults, succeed
 from twisted.python.failure import Failure
 
 T = TypeVar("T")
@@ -49,11 +49,39 @@ def gather(
     A None in ``waits`` is work done already (its result: None).
     """
     results = [None if d is None else result_of(d) for d in waits]
-    for result in results:
-        if result is PENDING:
-            return gatherResults([succeed(None) if d is None else d for d in waits],
-                                 consumeErrors=consume_errors)
-    return succeed(results)
+    pending = [i for i, result in enumerate(results) if result is PENDING]
+    if not pending:
+        return succeed(results)
+    if len(pending) == 1:
+        return _gather_one(results, pending[0], waits[pending[0]], consume_errors)  # type: ignore[arg-type]
+    return gatherResults([succeed(None) if d is None else d for d in waits],
+                         consumeErrors=consume_errors)
+
+
+def _gather_one(
+    results: list[Any], index: int, waiting: Deferred[Any], consume_errors: bool
+) -> Deferred[list[Any]]:
+    """
+    What ``gatherResults`` answers when all but ``waiting`` (at ``index``)
+    have succeeded already, without its ``DeferredList``: the results once
+    ``waiting`` succeeds, or a ``FirstError`` of its failure; ``waiting``
+    goes on with its own result (None for a failure if ``consume_errors``).
+    On the Redis backend a connection's set-up waits like this on its own
+    channel's subscription (the lobby's is there already).
+    """
+    gathered: Deferred[list[Any]] = Deferred()
+
+    def succeeded(result: Any) -> Any:
+        results[index] = result
+        gathered.callback(results)
+        return result
+
+    def failed(failure: Failure) -> Failure | None:
+        gathered.errback(Failure(FirstError(failure, index)))
+        return None if consume_errors else failure
+
+    waiting.addCallbacks(succeeded, failed)
+    return gathered
 
 
 def settled(waits: Sequence[Deferred[Any] | None]) -> bool:

@@ -21,7 +21,7 @@ import pytest_twisted
 import redis
 from twisted.internet.defer import gatherResults
 
-from improto.backends.interface import BackendState, BackendUnavailable, Envelope
+from improto.backends.interface import Audience, BackendState, BackendUnavailable, Envelope
 from improto.backends.redis import RedisBackend
 from tests.backends.support import Inbox, envelope, eventually
 from tests.redis_fixture import RedisServer
@@ -389,3 +389,50 @@ async def test_presence_and_its_announcement_are_one_script(redis_nodes: Any, mo
     assert len(changes) == 4 and not [c for c in sent if c[0] == b"PUBLISH"]
     events = [(f["event"], f["user"]) for f in watcher.take() if f.get("type") == "presence"]
     assert events[-4:] == [("online", "alice"), ("join", "alice"), ("leave", "alice"), ("offline", "alice")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_without_native_sessions_does_not_decode_presence(
+    redis_nodes: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    Every node hears its own presence announcements on the lobby channel.
+    One with only seed sessions drops them undecoded (they would reach
+    nobody there); a native session on another node still hears them all,
+    and a stored (positioned) native-only envelope is decoded everywhere.
+    """
+    from improto.backends.redis import subscriptions
+    from improto.router import Router
+    from tests.fakes import FakeLink
+
+    seeds_only, with_native = redis_nodes("node-a"), redis_nodes("node-b")
+    await gatherResults([seeds_only.start(), with_native.start()])
+    seeds_router, native_router = Router(seeds_only), Router(with_native)
+    watcher = FakeLink()
+    native_router.connect(watcher, "watcher", native=True)
+    seeds_router.connect(FakeLink(), "carol", native=False)  # node-a holds the lobby
+    await eventually(lambda: seeds_only.channels_subscribed == 2)  # user:carol, the lobby
+    await eventually(lambda: any(f.get("user") == "carol" for f in watcher.json()))
+    decoded: list[str] = []
+    decode = subscriptions.decode_envelope
+    monkeypatch.setattr(subscriptions, "decode_envelope",
+                        lambda payload: decoded.append(decode(payload).origin_node) or decode(payload))
+    received = seeds_only.stats.received
+    alice = seeds_router.connect(FakeLink(), "alice", native=False)
+    seeds_router.disconnect(alice)
+    await eventually(lambda: len([f for f in watcher.json() if f.get("type") == "presence"
+                                  and f.get("user") == "alice"]) >= 4)
+    events = [(f["event"], f["user"]) for f in watcher.take() if f.get("type") == "presence"]
+    assert events[-4:] == [("online", "alice"), ("join", "alice"), ("leave", "alice"), ("offline", "alice")]
+    await eventually(lambda: seeds_only.stats.received - received >= 4)
+    # node-b decoded the four (it has a native session); node-a decoded none.
+    assert decoded.count(seeds_only.node_id) == 4
+    assert seeds_only.stats.received - received == 4
+    bob = seeds_router.connect(FakeLink(), "bob", native=False)
+    await eventually(lambda: "user:bob" in seeds_only._subs.wanted)
+    # A native-only copy with a position is decoded (its seq is tracked) even so.
+    before = len(decoded)
+    copy = Envelope("elsewhere", "s", b'{"type":"private"}', audience=Audience.NATIVE)
+    await with_native.append("user:bob", "user:bob", copy)
+    await eventually(lambda: len(decoded) > before)
+    seeds_router.disconnect(bob)

@@ -16,7 +16,13 @@ from twisted.python.failure import Failure
 
 from improto.backends.interface import Audience, BackendUnavailable, Envelope, positioned
 from improto.backends.redis.client import RedisReplyError, RespConnection, pack
-from improto.backends.redis.wire import WireError, decode_envelope, encode_envelope, encode_head
+from improto.backends.redis.wire import (
+    WireError,
+    decode_envelope,
+    encode_envelope,
+    encode_head,
+    native_and_unpositioned,
+)
 
 
 def test_wire_round_trip_and_errors() -> None:
@@ -104,6 +110,14 @@ def test_the_one_pass_decoder_answers_as_the_two_pass_one_did() -> None:
             assert _outcome(decode_envelope, variant) == _outcome(_two_pass, variant), variant
             checked += 1
     assert checked > 2000
+
+
+def test_a_native_only_envelope_without_a_position_is_told_by_its_header() -> None:
+    native = Envelope("n", "", b"{}", audience=Audience.NATIVE)
+    assert native_and_unpositioned(encode_envelope(native))
+    assert not native_and_unpositioned(encode_envelope(Envelope("n", "", b"{}")))
+    assert not native_and_unpositioned(_positioned_payload(native, "user:bob", b"7"))
+    assert not native_and_unpositioned(b"") and not native_and_unpositioned(b"\x01")
 
 
 def test_pack_is_resp_of_bytes_text_and_numbers() -> None:

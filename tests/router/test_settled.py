@@ -59,6 +59,40 @@ class TestGather:
         [failure] = seen
         assert isinstance(failure, Failure) and failure.check(FirstError)
 
+    @pytest.mark.parametrize("consume", [True, False])
+    @pytest.mark.parametrize("fires", ["success", "failure"])
+    def test_one_left_to_wait_for_answers_as_gatherResults_does(self, consume, fires):
+        """The one-pending path (no DeferredList) against Twisted's own gatherResults."""
+        from twisted.internet.defer import gatherResults
+
+        answers = []
+        for use_ours in (True, False):
+            later: Deferred = Deferred()
+            waits = [succeed(1), None, later]
+            if use_ours:
+                gathered = gather(waits, consume_errors=consume)
+            else:
+                gathered = gatherResults([succeed(None) if d is None else d for d in waits],
+                                         consumeErrors=consume)
+            seen = outcome(gathered)
+            assert seen == []
+            if fires == "success":
+                later.callback(3)
+            else:
+                later.errback(ValueError("no"))
+            member = outcome(later)
+            [result] = seen
+            if isinstance(result, Failure):
+                assert result.check(FirstError) and result.value.index == 2
+                result = ("FirstError", result.value.subFailure.type)
+            [after] = member
+            if isinstance(after, Failure):
+                after = after.type
+            answers.append((result, after))
+        assert answers[0] == answers[1]
+        if fires == "success":
+            assert answers[0] == ([1, None, 3], 3)
+
 
 class TestThen:
     def test_runs_now_and_does_not_chain_a_returned_deferred(self):

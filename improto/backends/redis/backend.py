@@ -81,7 +81,7 @@ from improto.backends.redis.connection import RedisLink
 from improto.backends.redis.options import RedisAddress, RedisOptions, configure
 from improto.backends.redis.presence import NodePresence, PresenceStore
 from improto.backends.redis.streams import StreamStore
-from improto.backends.redis.subscriptions import Subscriptions
+from improto.backends.redis.subscriptions import Subscriptions, native_listeners
 from improto.backends.redis.wire import encode_envelope
 
 _log = Logger()
@@ -104,6 +104,8 @@ class RedisBackend:
 
     #: Called with each PUBLISH's Deferred (improto.metrics times it).
     publish_observer: Callable[[Deferred[int]], None] | None = None
+    #: Set by the router: see :func:`~improto.backends.redis.subscriptions.native_listeners`.
+    native_listeners = native_listeners("_subs")
 
     def __init__(self, address: RedisAddress, options: RedisOptions, reactor: Any) -> None:
         self.address = address

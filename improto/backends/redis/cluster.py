@@ -71,6 +71,7 @@ from improto.backends.redis.sharded import ShardedSubscriber, ShardedSubscriptio
 from improto.backends.redis.shards import ClusterCommands, ClusterPresenceStore, Shard
 from improto.backends.redis.slots import Address, SlotMap, key_slot, show
 from improto.backends.redis.streams import StreamStore
+from improto.backends.redis.subscriptions import native_listeners
 from improto.backends.redis.wire import encode_envelope
 
 _log = Logger()
@@ -85,6 +86,8 @@ class ClusterBackend:
 
     #: Called with each SPUBLISH's Deferred (improto.metrics times it).
     publish_observer: Callable[[Deferred[int]], None] | None = None
+    #: Set by the router: see :func:`~improto.backends.redis.subscriptions.native_listeners`.
+    native_listeners = native_listeners("subs")
 
     def __init__(self, seeds: list[Address], address: RedisAddress, options: RedisOptions, reactor: Any) -> None:
         self.seeds = seeds

@@ -11,7 +11,8 @@ into envelopes for the wanted callbacks.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.logger import Logger
@@ -19,12 +20,34 @@ from twisted.python.failure import Failure
 
 from improto.backends.interface import BackendUnavailable, EnvelopeCallback
 from improto.backends.redis.client import RespConnection, as_unavailable
-from improto.backends.redis.wire import WireError, decode_envelope
+from improto.backends.redis.wire import WireError, decode_envelope, native_and_unpositioned
 
 if TYPE_CHECKING:
     from improto.backends.redis.backend import RedisStats
 
 _log = Logger()
+
+
+def _always() -> bool:
+    return True
+
+
+def native_listeners(subscriptions: str) -> property:
+    """
+    A backend's ``native_listeners`` (its :class:`Subscriptions` at the
+    attribute ``subscriptions``): whether any session on this node takes
+    native-only envelopes; the router sets it. While it answers False, a
+    native-only envelope without a history position is dropped before it
+    is decoded.
+    """
+
+    def ask(backend: Any) -> Callable[[], bool]:
+        return getattr(backend, subscriptions).natives_here  # type: ignore[no-any-return]
+
+    def tell(backend: Any, natives_here: Callable[[], bool]) -> None:
+        getattr(backend, subscriptions).natives_here = natives_here
+
+    return property(ask, tell)
 
 
 class Subscriptions:
@@ -39,6 +62,9 @@ class Subscriptions:
         self._sent: set[str] = set()
         self._active: set[str] = set()
         self._waiters: dict[str, list[Deferred[None]]] = {}
+        #: Whether any session here takes native-only envelopes (the router
+        #: says, through the backend's ``native_listeners``).
+        self.natives_here: Callable[[], bool] = _always
 
     @property
     def active(self) -> int:
@@ -122,6 +148,12 @@ class Subscriptions:
 
     def on_message(self, raw_channel: bytes, payload: bytes) -> None:
         if not raw_channel.startswith(self._prefix):
+            return
+        if native_and_unpositioned(payload) and not self.natives_here():
+            # It would reach nobody here (every node hears its own presence
+            # announcements: four per connection): not even decoded. One
+            # with a position is decoded always: the stream's seq is tracked.
+            self._stats.received += 1
             return
         channel = raw_channel[len(self._prefix) :].decode("utf-8", "replace")
         callback = self.wanted.get(channel)

@@ -41,6 +41,7 @@ _BINARY = 0x01
 _HAS_EXCLUDE = 0x02
 _AUDIENCE_CODES = {Audience.ALL: 0, Audience.NATIVE: 1}
 _AUDIENCES = {code: audience for audience, code in _AUDIENCE_CODES.items()}
+_NATIVE_CODE = bytes([_AUDIENCE_CODES[Audience.NATIVE]])
 
 
 class WireError(ValueError):
@@ -87,6 +88,15 @@ def encode_head(envelope: Envelope, stream: str) -> bytes:
         len(node), len(session), len(exclude), len(encoded),
     )
     return b"".join((header, node, session, exclude, encoded))
+
+
+def native_and_unpositioned(payload: bytes) -> bool:
+    """
+    Whether ``payload`` is a version-1 envelope (no history position) for
+    native sessions only: presence announcements and live copies of private
+    messages. Read off two header bytes, without decoding.
+    """
+    return payload[:1] == b"\x01" and payload[2:3] == _NATIVE_CODE
 
 
 def decode_envelope(payload: bytes) -> Envelope:
