@@ -9,10 +9,11 @@ socket), so that a Twisted upgrade that changes them fails here.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import pytest_twisted
@@ -298,12 +299,14 @@ def test_with_the_policy_off_every_broadcast_is_buffered(monkeypatch) -> None:
 # -- through the deployed stack --------------------------------------------------------------
 
 
-@pytest_twisted.ensureDeferred
-async def test_behind_twisted_web_a_broadcast_reaches_idle_members_during_the_call() -> None:
+@contextlib.asynccontextmanager
+async def two_members(
+    names: tuple[str, str]
+) -> AsyncIterator[tuple[ChatServerFactory, list[ChatServerProtocol], list[socket.socket]]]:
     """
-    A WebSocket behind twisted.web (as deployed) is on a ``tcp.Connection``:
-    a broadcast's frame is on an idle member's socket when ``broadcast``
-    returns, and a member with bytes buffered gets it after them.
+    Two chat connections behind twisted.web (as deployed: each on a
+    ``tcp.Connection``), open and with their welcome read: the factory,
+    the connections and the clients' sockets, in the order of ``names``.
     """
     from autobahn.twisted.resource import WebSocketResource
     from twisted.internet import reactor
@@ -324,9 +327,9 @@ async def test_behind_twisted_web_a_broadcast_reaches_idle_members_during_the_ca
     root = Resource()
     root.putChild(b"ws", WebSocketResource(factory))
     port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
-    clients = []
+    clients: list[socket.socket] = []
     try:
-        for name in ("idle", "busy"):
+        for name in names:
             sock = socket.create_connection(("127.0.0.1", port.getHost().port))
             sock.setblocking(False)
             sock.sendall(wsframes.handshake(f"/ws/{name}"))
@@ -338,11 +341,27 @@ async def test_behind_twisted_web_a_broadcast_reaches_idle_members_during_the_ca
         for sock in clients:
             received(sock)
         by_port = {p.transport.getPeer().port: p for p in opened}
-        idle, busy = (by_port[sock.getsockname()[1]] for sock in clients)
+        factory.turns = flush.Turns(reactor)
+        yield factory, [by_port[sock.getsockname()[1]] for sock in clients], clients
+    finally:
+        for sock in clients:
+            sock.close()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_behind_twisted_web_a_broadcast_reaches_idle_members_during_the_call() -> None:
+    """
+    A WebSocket behind twisted.web (as deployed) is on a ``tcp.Connection``:
+    a broadcast's frame is on an idle member's socket when ``broadcast``
+    returns, and a member with bytes buffered gets it after them.
+    """
+    from twisted.internet import reactor
+
+    async with two_members(("idle", "busy")) as (factory, (idle, busy), clients):
         assert flush.idle_socket(idle.transport) is not None
         busy.sendPing(b"older")  # a ping, written as Twisted does: buffered
         assert flush.idle_socket(busy.transport) is None
-        factory.turns = flush.Turns(reactor)
         ChatServerProtocol.broadcast([idle, busy], b"hello", False)
         assert wsframes.parse_frames(received(clients[0])) == [(1, b"hello", False)]
         assert received(clients[1]) == b""
@@ -350,10 +369,6 @@ async def test_behind_twisted_web_a_broadcast_reaches_idle_members_during_the_ca
         assert [f[:2] for f in wsframes.parse_frames(received(clients[1]))] == [
             (9, b"older"), (1, b"hello")
         ]
-    finally:
-        for sock in clients:
-            sock.close()
-        await port.stopListening()
 
 
 @pytest_twisted.ensureDeferred
@@ -363,41 +378,9 @@ async def test_behind_twisted_web_later_broadcasts_of_a_turn_are_held_and_keep_t
     socket, not in Twisted's buffer); a frame the member is sent next (an
     ack, say) releases it first; the turn's end sends what is left.
     """
-    from autobahn.twisted.resource import WebSocketResource
     from twisted.internet import reactor
-    from twisted.web.resource import Resource
-    from twisted.web.server import Site
 
-    opened: list[ChatServerProtocol] = []
-
-    class Recording(ChatServerProtocol):
-        def onOpen(self) -> None:
-            super().onOpen()
-            opened.append(self)
-
-    backend = MemoryBackend()
-    backend.start()
-    factory = ChatServerFactory(Router(backend), Settings(), reactor)
-    factory.protocol = Recording
-    root = Resource()
-    root.putChild(b"ws", WebSocketResource(factory))
-    port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
-    clients = []
-    try:
-        for name in ("alice", "bob"):
-            sock = socket.create_connection(("127.0.0.1", port.getHost().port))
-            sock.setblocking(False)
-            sock.sendall(wsframes.handshake(f"/ws/{name}"))
-            clients.append(sock)
-        deadline = reactor.seconds() + 10
-        while len(opened) < 2 and reactor.seconds() < deadline:
-            await deferLater(reactor, 0.01, lambda: None)
-        await deferLater(reactor, 0.05, lambda: None)
-        for sock in clients:
-            received(sock)
-        by_port = {p.transport.getPeer().port: p for p in opened}
-        alice, bob = (by_port[sock.getsockname()[1]] for sock in clients)
-        factory.turns = flush.Turns(reactor)
+    async with two_members(("alice", "bob")) as (factory, (alice, bob), clients):
         ChatServerProtocol.broadcast([alice, bob], b"first", False)  # sent at once
         ChatServerProtocol.broadcast([alice, bob], b"second", False)  # held
         assert [f[1] for f in wsframes.parse_frames(received(clients[0]))] == [b"first"]
@@ -408,7 +391,3 @@ async def test_behind_twisted_web_later_broadcasts_of_a_turn_are_held_and_keep_t
         assert [f[1] for f in wsframes.parse_frames(received(clients[0]))] == [b"second", b"ack"]
         assert [f[1] for f in wsframes.parse_frames(received(clients[1]))] == [b"first", b"second"]
         assert not flush.held
-    finally:
-        for sock in clients:
-            sock.close()
-        await port.stopListening()
