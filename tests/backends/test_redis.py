@@ -408,10 +408,14 @@ async def test_a_node_without_native_sessions_does_not_decode_presence(
     seeds_only, with_native = redis_nodes("node-a"), redis_nodes("node-b")
     await gatherResults([seeds_only.start(), with_native.start()])
     seeds_router, native_router = Router(seeds_only), Router(with_native)
+    def confirmed(node: RedisBackend, channel: str) -> bool:
+        return channel in node._subs._active
+
     watcher = FakeLink()
     native_router.connect(watcher, "watcher", native=True)
+    await eventually(lambda: confirmed(with_native, "group:lobby"))
     seeds_router.connect(FakeLink(), "carol", native=False)  # node-a holds the lobby
-    await eventually(lambda: seeds_only.channels_subscribed == 2)  # user:carol, the lobby
+    await eventually(lambda: confirmed(seeds_only, "group:lobby"))
     await eventually(lambda: any(f.get("user") == "carol" for f in watcher.json()))
     decoded: list[str] = []
     decode = subscriptions.decode_envelope
@@ -429,7 +433,7 @@ async def test_a_node_without_native_sessions_does_not_decode_presence(
     assert decoded.count(seeds_only.node_id) == 4
     assert seeds_only.stats.received - received == 4
     bob = seeds_router.connect(FakeLink(), "bob", native=False)
-    await eventually(lambda: "user:bob" in seeds_only._subs.wanted)
+    await eventually(lambda: confirmed(seeds_only, "user:bob"))
     # A native-only copy with a position is decoded (its seq is tracked) even so.
     before = len(decoded)
     copy = Envelope("elsewhere", "s", b'{"type":"private"}', audience=Audience.NATIVE)
