@@ -60,15 +60,11 @@ def _own_ids() -> tuple[int, int]:
     return _pid, tid
 
 
-def transport_details(transport: Any, is_server: bool) -> TransportDetails:
-    """Autobahn's ``create_transport_details(transport, is_server)``, with the ids remembered."""
-    if ISSLTransport.providedBy(transport):
-        return create_transport_details(transport, is_server)
-    return _plain_details(peer2str(transport), is_server)
-
-
-def _plain_details(peer: str, is_server: bool) -> TransportDetails:
-    """What Autobahn makes for a plain (not TLS) transport whose peer is ``peer``."""
+def plain_details(peer: str, is_server: bool) -> TransportDetails:
+    """
+    What Autobahn's ``create_transport_details`` makes for a plain (not
+    TLS) transport whose peer is ``peer``, with the ids remembered.
+    """
     pid, tid = _own_ids()
     return TransportDetails(
         channel_type=TransportDetails.CHANNEL_TYPE_TCP,
@@ -88,17 +84,17 @@ class LazyTransportDetails:
     def __get__(self, link: Any, owner: Any = None) -> Any:
         if link is None:
             return self
-        details = link.__dict__["_transport_details"] = _plain_details(link.peer, link.is_server)
+        details = link.__dict__["_transport_details"] = plain_details(link.peer, link.is_server)
         return details
 
 
 def connection_made(link: Any) -> None:
     """
     Autobahn's ``WebSocketAdapterProtocol.connectionMade`` for ``link``,
-    minus its ``log.debug`` call, with :func:`transport_details` (left to
-    ``link``'s class's :class:`LazyTransportDetails` for a plain
-    transport), and without ``TCP_NODELAY`` where
-    ``link.factory.no_delay_set`` says it is set.
+    minus its ``log.debug`` call: a TLS transport's details are Autobahn's,
+    a plain one's are left to ``link``'s class's :class:`LazyTransportDetails`
+    (:func:`plain_details`), and ``TCP_NODELAY`` is not set where
+    ``link.factory.no_delay_set`` says it is.
     """
     transport = link.transport
     if ISSLTransport.providedBy(transport):

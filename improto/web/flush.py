@@ -219,7 +219,7 @@ def release(transport: Any) -> None:
     """Write what is held for ``transport`` now: a write that must follow it is next."""
     frames = held.pop(transport, None)
     if frames is not None:
-        write(transport, frames[0] if len(frames) == 1 else b"".join(frames))
+        _write_held(transport, frames)
 
 
 def flush_held() -> None:
@@ -227,5 +227,8 @@ def flush_held() -> None:
     global _flush_scheduled
     _flush_scheduled = False
     while held:
-        transport, frames = held.popitem()
-        write(transport, frames[0] if len(frames) == 1 else b"".join(frames))
+        _write_held(*held.popitem())
+
+
+def _write_held(transport: Any, frames: list[bytes]) -> None:
+    write(transport, frames[0] if len(frames) == 1 else b"".join(frames))

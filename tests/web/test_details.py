@@ -57,18 +57,10 @@ def test_autobahns_source_is_the_reviewed_one(name: str) -> None:
 @pytest.mark.parametrize("is_server", [True, False])
 def test_the_details_are_autobahns(peer, is_server: bool) -> None:
     transport = StringTransport(peerAddress=peer)
-    ours = details.transport_details(transport, is_server).marshal()
+    ours = details.plain_details(autobahn_util.peer2str(transport), is_server).marshal()
     theirs = autobahn_util.create_transport_details(transport, is_server).marshal()
     assert ours == theirs
     assert ours["own_pid"] == os.getpid() and ours["own_tid"] == threading.get_native_id()
-
-
-def test_a_tls_transport_gets_autobahns_own_details(monkeypatch) -> None:
-    transport = StringTransport()
-    directlyProvides(transport, ISSLTransport)
-    made = object()
-    monkeypatch.setattr(details, "create_transport_details", lambda t, s: made)
-    assert details.transport_details(transport, True) is made
 
 
 def test_the_ids_are_read_once_per_process_and_thread(monkeypatch) -> None:
@@ -89,7 +81,7 @@ def test_the_ids_are_read_once_per_process_and_thread(monkeypatch) -> None:
     monkeypatch.setattr(details, "threading", Threads)
     monkeypatch.setattr(os, "getpid", lambda: asked.append("pid") or 7)
     for port in range(3):
-        d = details.transport_details(StringTransport(peerAddress=IPv4Address("TCP", "::1", port)), True)
+        d = details.plain_details(f"tcp4:127.0.0.1:{port}", True)
         assert (d.own_pid, d.own_tid) == (7, 101)
     assert asked == ["pid", "tid"]
     thread[0] = 2
