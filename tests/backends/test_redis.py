@@ -289,6 +289,83 @@ async def test_unbatched_mode_writes_per_command(redis_nodes: Any) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_private_messages_of_one_turn_are_one_script_each_with_its_own_answer(
+    redis_nodes: Any, redis_url: str, redis_prefix: str
+) -> None:
+    a = redis_nodes("node-a")
+    b = redis_nodes("node-b")
+    await gatherResults([a.start(), b.start()])
+    to_carol = Inbox()
+    await b.subscribe("user:carol", to_carol)
+    await gatherResults([a.mark_seen(user, 0, 60) for user in ("bob", "dave")])
+    # dave's seq key is not a number: his append fails in Redis (INCR).
+    redis.Redis.from_url(redis_url).hset(f"{redis_prefix}{{user:dave}}:seq", "x", "1")
+    before = a.stats.commands.commands
+    sends = [
+        a.send_private("user:bob", envelope(b"1"), "user:alice", "bob", "alice\n1", 60),
+        a.send_private("user:carol", envelope(b"2"), "user:alice", "carol", "alice\n2", 60),
+        a.send_private("user:bob", envelope(b"3"), "user:alice", "bob", "alice\n1", 60),
+        a.send_private("user:dave", envelope(b"4"), "user:alice", "dave", "alice\n4", 60),
+        a.send_private("user:bob", envelope(b"5"), "user:alice", "bob", "alice\n5", 60),
+    ]
+    results: list[Any] = []
+    for d in sends:
+        d.addBoth(results.append)
+    await eventually(lambda: len(results) == len(sends))
+    assert a.stats.commands.commands - before == 1
+    bob1, carol, bob1_again, dave, bob5 = results
+    assert (bob1.seq, bob1.duplicate) == (1, False)
+    assert carol == 1  # unseen: live, to node b
+    assert (bob1_again.seq, bob1_again.duplicate) == (1, True)
+    assert dave.check(BackendUnavailable) and "WRONGTYPE" in str(dave.value)
+    assert (bob5.seq, bob5.duplicate) == (2, False)
+    assert [e.data for e in await to_carol.wait_for(1)] == [b"2"]
+    # The sender's copies of the two stored messages, after the failed one too.
+    assert [e.data for e in (await a.history("user:alice", 0, 10)).messages] == [b"1", b"5"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_command_between_private_messages_keeps_their_order(redis_nodes: Any) -> None:
+    a = redis_nodes("node-a")
+    b = redis_nodes("node-b")
+    await gatherResults([a.start(), b.start()])
+    seen: list[bytes] = []
+    await b.subscribe("user:bob", lambda e: seen.append(e.data))
+    await b.subscribe("group:lobby", lambda e: seen.append(e.data))
+    before = a.stats.commands.commands
+    await gatherResults([
+        a.send_private("user:bob", envelope(b"first"), None, "bob"),
+        a.publish("group:lobby", envelope(b"between")),
+        a.send_private("user:bob", envelope(b"last"), None, "bob"),
+    ])
+    assert a.stats.commands.commands - before == 3
+    await eventually(lambda: len(seen) == 3)
+    assert seen == [b"first", b"between", b"last"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_private_batch_loads_its_script_when_redis_lost_it(redis_nodes: Any, redis_url: str) -> None:
+    a = redis_nodes("node-a")
+    await a.start()
+    redis.Redis.from_url(redis_url).script_flush()
+    results = await gatherResults([
+        a.send_private("user:alice", envelope(b"1"), None, None),
+        a.send_private("user:alice", envelope(b"2"), None, None),
+    ])
+    assert [r.seq for r in results] == [1, 2]
+
+
+@pytest_twisted.ensureDeferred
+async def test_unbatched_mode_sends_a_private_script_per_message(redis_nodes: Any) -> None:
+    a = redis_nodes("node-a", batch_writes=False)
+    await a.start()
+    before = a.stats.commands.commands
+    results = await gatherResults([a.send_private("user:alice", envelope(), None, None) for _ in range(3)])
+    assert [r.seq for r in results] == [1, 2, 3]
+    assert a.stats.commands.commands - before == 3
+
+
+@pytest_twisted.ensureDeferred
 async def test_undecodable_messages_are_logged_once_per_cause(
     redis_nodes: Any, redis_url: str, redis_prefix: str, log_events: list[dict[str, Any]]
 ) -> None:
@@ -366,8 +443,9 @@ async def test_stop_while_starting(
 
 @pytest_twisted.ensureDeferred
 async def test_presence_and_its_announcement_are_one_script(redis_nodes: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hiredis
+
     from improto.backends.redis import presence
-    from improto.backends.redis.client import RespConnection
     from improto.router import Router
     from tests.fakes import FakeLink
 
@@ -377,18 +455,49 @@ async def test_presence_and_its_announcement_are_one_script(redis_nodes: Any, mo
     watcher = FakeLink()
     router.connect(watcher, "watcher", native=True)  # someone who hears presence
     await eventually(lambda: node.presence_members("online").addCallback(lambda m: m == ["watcher"]))
-    sent: list[tuple[Any, ...]] = []
-    execute = RespConnection.execute
-    monkeypatch.setattr(RespConnection, "execute", lambda conn, *args: sent.append(args[:2]) or execute(conn, *args))
+    transport = node.command_link.ready.transport  # type: ignore[union-attr]
+    reader = hiredis.Reader()
+    monkeypatch.setattr(transport, "write", lambda data, write=transport.write: reader.feed(data) or write(data))
     alice = router.connect(FakeLink(), "alice", native=False)
+    await eventually(lambda: len([f for f in watcher.json() if f.get("type") == "presence"]) >= 2)
     router.disconnect(alice)
     await eventually(lambda: len([f for f in watcher.json() if f.get("type") == "presence"]) >= 4)
-    changes = [c for c in sent if c in ((b"EVALSHA", presence.ADD.sha), (b"EVALSHA", presence.REMOVE.sha))]
-    # Online, lobby join, lobby leave, offline: four scripts, which also
-    # published the four announcements (no PUBLISH of their own).
-    assert len(changes) == 4 and not [c for c in sent if c[0] == b"PUBLISH"]
+    sent = []
+    while (command := reader.gets()) is not False:
+        sent.append(command)
+    changes = [(c[3:5], c[7::4]) for c in sent if c[:2] == [b"EVALSHA", presence.CHANGES.sha.encode()]]
+    # Online and lobby join on connect, lobby leave and offline on disconnect:
+    # two changes per script call, each of which also published the two
+    # announcements (no PUBLISH of their own).
+    assert len(changes) == 2 and not [c for c in sent if c[0] == b"PUBLISH"]
+    assert [ops for _, ops in changes] == [[b"a", b"a"], [b"r", b"r"]]
     events = [(f["event"], f["user"]) for f in watcher.take() if f.get("type") == "presence"]
     assert events[-4:] == [("online", "alice"), ("join", "alice"), ("leave", "alice"), ("offline", "alice")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_presence_changes_of_one_turn_are_one_script_each_with_its_own_answer(
+    redis_nodes: Any, redis_url: str, redis_prefix: str
+) -> None:
+    a = redis_nodes("node-a")
+    await a.start()
+    redis.Redis.from_url(redis_url).set(f"{redis_prefix}presence:broken", "not a hash")
+    before = a.stats.commands.commands
+    changes = [
+        a.presence_add("room", "alice"),
+        a.presence_add("broken", "alice"),
+        a.presence_add("room", "alice"),
+        a.presence_remove("room", "alice"),
+    ]
+    results: list[Any] = []
+    for d in changes:
+        d.addBoth(results.append)
+    await eventually(lambda: len(results) == len(changes))
+    assert a.stats.commands.commands - before == 1
+    first, broken, again, removed = results
+    assert (first, again, removed) == (True, False, True)
+    assert broken.check(BackendUnavailable) and "WRONGTYPE" in str(broken.value)
+    assert await a.presence_members("room") == []
 
 
 @pytest_twisted.ensureDeferred

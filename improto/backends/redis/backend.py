@@ -359,10 +359,15 @@ class RedisBackend:
         self, stream: str, envelope: Envelope, copy_stream: str | None, only_if_seen: str | None,
         idempotency_key: str | None = None, idempotency_ttl: float = 0, copy_only_elsewhere: bool = False,
     ) -> Deferred[Appended | int]:
+        try:
+            conn = self._command_connection("append")
+        except BackendUnavailable:
+            return fail()
         self.stats.published += 1 if copy_stream is None else 2
-        return self._on_commands("append", lambda conn: self._streams.send_private(
+        # Batched per reactor turn, errors already as BackendUnavailable.
+        return self._streams.send_private(
             conn, self._channel_prefix, stream, envelope, copy_stream, only_if_seen, self.retention,
-            idempotency_key, idempotency_ttl, copy_only_elsewhere))
+            idempotency_key, idempotency_ttl, copy_only_elsewhere)
 
     def history(
         self, stream: str, after_seq: int, limit: int, before_seq: int | None = None

@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, TypeVar, cast
+from typing import Protocol as TypingProtocol
 
 import attrs
 import hiredis
@@ -86,6 +87,20 @@ class RespStats:
 MessageHandler = Callable[[bytes, bytes], None]
 
 
+class Batch(TypingProtocol):
+    """
+    Many callers' requests sent as one command (:meth:`RespConnection.execute_batch`):
+    callers add to it while it is the last command queued, and it is packed
+    only when the turn's writes go out.
+    """
+
+    def pack(self) -> bytes:
+        """The whole command as RESP bytes."""
+
+
+BatchT = TypeVar("BatchT", bound=Batch)
+
+
 class RespConnection(Protocol, TimeoutMixin):
     """
     One Redis connection: pipelined commands, replies matched in order.
@@ -120,7 +135,9 @@ class RespConnection(Protocol, TimeoutMixin):
         self.on_message = on_message
         self._reader = make_reader()
         self._pending: collections.deque[Deferred[Any]] = collections.deque()
-        self._outgoing: list[bytes] = []
+        self._outgoing: list[bytes | Batch] = []
+        # The batch queued last this turn, while no other command came after it.
+        self._tail: Batch | None = None
         self._flush_call: IDelayedCall | None = None
         self._lost_reason: str | None = None
         self._open = False
@@ -148,17 +165,42 @@ class RespConnection(Protocol, TimeoutMixin):
         """Send one command; fires with its reply or fails with the error."""
         if not self._open:
             return fail(BackendUnavailable(f"Redis connection failed: {self._lost_reason or 'not connected'}"))
-        data: bytes = hiredis.pack_command(args)  # type: ignore[arg-type]
+        return self._queue(hiredis.pack_command(args))  # type: ignore[arg-type]
+
+    def tail_batch(self, kind: type[BatchT]) -> BatchT | None:
+        """
+        The batch of ``kind`` queued last in this turn, if no other command
+        was queued after it: what :meth:`execute_batch` sent may still grow.
+        Adding to it keeps the order of commands as callers issued them.
+        """
+        tail = self._tail
+        return tail if type(tail) is kind else None  # type: ignore[return-value]
+
+    def execute_batch(self, batch: Batch) -> Deferred[Any]:
+        """
+        Send ``batch`` as one command, packed at the end of the turn (at
+        once without write batching); fires with its reply like :meth:`execute`.
+        """
+        if not self._open:
+            return fail(BackendUnavailable(f"Redis connection failed: {self._lost_reason or 'not connected'}"))
+        if not self._batch_writes:
+            return self._queue(batch.pack())
+        d = self._queue(batch)
+        self._tail = batch
+        return d
+
+    def _queue(self, command: bytes | Batch) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()
         self._pending.append(d)
         self.stats.commands += 1
         if self._batch_writes:
-            self._outgoing.append(data)
+            self._tail = None
+            self._outgoing.append(command)
             if self._flush_call is None:
                 self._flush_call = self._clock.callLater(0, self.flush)
         else:
             self.stats.writes += 1
-            self._transport.write(data)
+            self._transport.write(command)  # type: ignore[arg-type]
         if self.timeOut is None:
             self.setTimeout(self._timeout)
         return d
@@ -168,10 +210,11 @@ class RespConnection(Protocol, TimeoutMixin):
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush_call = None
+        self._tail = None
         if self._outgoing and self._open:
             outgoing, self._outgoing = self._outgoing, []
             self.stats.writes += 1
-            self._transport.write(b"".join(outgoing))
+            self._transport.write(b"".join([c if type(c) is bytes else c.pack() for c in outgoing]))  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
         self._reader.feed(data)
@@ -235,6 +278,7 @@ class RespConnection(Protocol, TimeoutMixin):
             self._flush_call.cancel()
         self._flush_call = None
         self._outgoing = []
+        self._tail = None
         if self._lost_reason is None:
             self._lost_reason = _one_line(reason)
         pending, self._pending = self._pending, collections.deque()

@@ -15,7 +15,10 @@ touch of that member (or of the scope, for ``members``).
 
 Every operation is one Lua script, so "was the member absent on every
 live node" is answered atomically with the change: two nodes adding the
-same member concurrently cannot both see ``True``.
+same member concurrently cannot both see ``True``. The changes of one
+reactor turn (a connection's "online" and lobby join, say) go in one call
+of the ``CHANGES`` script (:class:`PresenceBatch`, see
+:mod:`improto.backends.redis.scripts`), each with its announcement.
 
 Scripts read heartbeat keys they do not declare in ``KEYS``; that is
 fine on a standalone Redis (the supported deployment) but not on Redis
@@ -28,7 +31,6 @@ a reconnect or an expired heartbeat.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import attrs
@@ -37,7 +39,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from improto.backends.interface import BackendUnavailable
-from improto.backends.redis.client import RedisReplyError, RespConnection, as_unavailable
+from improto.backends.redis.client import RespConnection, as_unavailable
+from improto.backends.redis.scripts import Script, ScriptBatch
 
 #: A channel key and an encoded envelope, published by the script on a change.
 Announcement = tuple[bytes, bytes]
@@ -67,40 +70,58 @@ local function others(raw)
 end
 """
 
-# ARGV[4], ARGV[5], when given: a channel and a payload to PUBLISH if the
-# answer is 1 (IAnnouncingPresence: the change and its announcement in one call).
-_ANNOUNCE = """
-local function answer(changed)
-  if changed == 1 and ARGV[5] then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
+# ADD and REMOVE answer 1 if the member was absent on every live node
+# before (present on this node only after), else 0.
+_CHANGE = """
+local function add(key, member)
+  local keep, mine = others(redis.call('HGET', key, member))
+  local was_absent = (#keep == 0 and not mine) and 1 or 0
+  keep[#keep + 1] = me
+  redis.call('HSET', key, member, table.concat(keep, ' '))
+  return was_absent
+end
+local function remove(key, member)
+  local raw = redis.call('HGET', key, member)
+  if not raw then return 0 end
+  local keep, mine = others(raw)
+  if #keep == 0 then
+    redis.call('HDEL', key, member)
+  else
+    redis.call('HSET', key, member, table.concat(keep, ' '))
+  end
+  return (mine and #keep == 0) and 1 or 0
+end
+"""
+
+# One change: KEYS[1] the scope's hash, ARGV[3] the member (Redis Cluster).
+_ADD = _PROLOGUE + _CHANGE + "return add(KEYS[1], ARGV[3])\n"
+_REMOVE = _PROLOGUE + _CHANGE + "return remove(KEYS[1], ARGV[3])\n"
+
+# The changes of one reactor turn (PresenceBatch), each with its announcement:
+# KEYS, one per change: the scope's hash; ARGV after the prologue's, 4 per
+# change: 'a' (add) or 'r' (remove), the member, and a channel and a payload
+# to PUBLISH if the answer is 1 (none: empty channel). Replies one answer per
+# change, or the error Redis gave it (pcall: each change fails alone).
+_CHANGES = (
+    _PROLOGUE
+    + _CHANGE
+    + """
+local function change(key, op, member, channel, payload)
+  local changed = (op == 'a' and add or remove)(key, member)
+  if changed == 1 and channel ~= '' then redis.call('PUBLISH', channel, payload) end
   return changed
 end
-"""
-
-_ADD = (
-    _PROLOGUE
-    + _ANNOUNCE
-    + """
-local keep, mine = others(redis.call('HGET', KEYS[1], ARGV[3]))
-local was_absent = (#keep == 0 and not mine) and 1 or 0
-keep[#keep + 1] = me
-redis.call('HSET', KEYS[1], ARGV[3], table.concat(keep, ' '))
-return answer(was_absent)
-"""
-)
-
-_REMOVE = (
-    _PROLOGUE
-    + _ANNOUNCE
-    + """
-local raw = redis.call('HGET', KEYS[1], ARGV[3])
-if not raw then return 0 end
-local keep, mine = others(raw)
-if #keep == 0 then
-  redis.call('HDEL', KEYS[1], ARGV[3])
-else
-  redis.call('HSET', KEYS[1], ARGV[3], table.concat(keep, ' '))
+local out = {}
+for k = 1, #KEYS do
+  local a = 4 * k - 1
+  local ok, changed = pcall(change, KEYS[k], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])
+  if not ok then
+    if type(changed) == 'table' then changed = changed.err end
+    changed = tostring(changed)
+  end
+  out[k] = changed
 end
-return answer((mine and #keep == 0) and 1 or 0)
+return out
 """
 )
 
@@ -133,37 +154,26 @@ return existed
 """
 
 
-@attrs.frozen
-class Script:
-    """A Lua script run by SHA, sent in full only when Redis lacks it."""
-
-    source: str
-    sha: str = attrs.field(init=False)
-
-    @sha.default
-    def _sha(self) -> str:
-        return hashlib.sha1(self.source.encode("utf-8")).hexdigest()
-
-    def load(self, conn: RespConnection) -> Deferred[Any]:
-        return conn.execute(b"SCRIPT", b"LOAD", self.source)
-
-    def run(self, conn: RespConnection, keys: list[bytes], args: list[bytes | str | int]) -> Deferred[Any]:
-        d = conn.execute(b"EVALSHA", self.sha, len(keys), *keys, *args)
-
-        def maybe_unknown(failure: Any) -> Any:
-            failure.trap(RedisReplyError)
-            if not str(failure.value).startswith("NOSCRIPT"):
-                return failure
-            return conn.execute(b"EVAL", self.source, len(keys), *keys, *args)
-
-        return d.addErrback(maybe_unknown)
-
-
 ADD = Script(_ADD)
 REMOVE = Script(_REMOVE)
 MEMBERS = Script(_MEMBERS)
 HEARTBEAT = Script(_HEARTBEAT)
-ALL_SCRIPTS = (ADD, REMOVE, MEMBERS, HEARTBEAT)
+CHANGES = Script(_CHANGES)
+ALL_SCRIPTS = (CHANGES, ADD, REMOVE, MEMBERS, HEARTBEAT)
+
+
+class PresenceBatch(ScriptBatch):
+    """The presence changes of one reactor turn, one ``CHANGES`` script call."""
+
+    script = CHANGES
+    what = "presence change"
+
+    def answer(self, d: Deferred[Any], reply: list[Any], index: int) -> None:
+        changed = reply[index]
+        if type(changed) is bytes:
+            self.refuse(d, changed)
+        else:
+            d.callback(changed == 1)
 
 
 @attrs.define
@@ -198,12 +208,21 @@ class PresenceStore:
 
     def add(self, conn: RespConnection, scope: str, member: str,
             announce: Announcement | None = None) -> Deferred[bool]:
-        """``announce`` (channel key, payload) is published if the answer is True."""
-        return ADD.run(conn, [self.scope_key(scope)], self._args(member, *announce or ())).addCallback(bool)
+        """
+        ``announce`` (channel key, payload) is published if the answer is
+        True. A part of this turn's ``CHANGES`` script (:class:`PresenceBatch`).
+        """
+        return self._change(conn, b"a", scope, member, announce)
 
     def remove(self, conn: RespConnection, scope: str, member: str,
                announce: Announcement | None = None) -> Deferred[bool]:
-        return REMOVE.run(conn, [self.scope_key(scope)], self._args(member, *announce or ())).addCallback(bool)
+        return self._change(conn, b"r", scope, member, announce)
+
+    def _change(self, conn: RespConnection, op: bytes, scope: str, member: str,
+                announce: Announcement | None) -> Deferred[bool]:
+        channel, payload = announce or (b"", b"")
+        return PresenceBatch.join(
+            conn, self._args(), [self.scope_key(scope)], [op, member, channel, payload])
 
     def members(self, conn: RespConnection, scope: str) -> Deferred[list[str]]:
         d = MEMBERS.run(conn, [self.scope_key(scope)], self._args())

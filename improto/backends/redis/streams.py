@@ -19,8 +19,11 @@ the cluster backend names a stream's channel ``P{<stream>}``, in the
 stream's slot, as Redis requires of a script's keys and shard channels.
 ``PRIVATE`` is a private message's whole send in one script (the
 recipient's ``seen`` key read, then its stream and the sender's copy
-appended, or both published live if it was not seen: ``IPrivateBackend``); its keys span two users' slots, so Redis
-Cluster does not load it and makes the plain calls instead.
+appended, or both published live if it was not seen: ``IPrivateBackend``),
+and every private message of one reactor turn goes in one call of it
+(:class:`PrivateBatch`, see :mod:`improto.backends.redis.scripts`); its
+keys span two users' slots, so Redis Cluster does not load it and makes
+the plain calls instead.
 The log is trimmed to exactly ``size`` entries; entries older than
 ``age`` are dropped when history is read, and the whole log expires
 ``age`` after its last append. Durability is Redis's: with AOF and
@@ -34,9 +37,9 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults
 
-from improto.backends.interface import Appended, Envelope, HistoryPage, Retention, for_natives
+from improto.backends.interface import Appended, Envelope, HistoryPage, Retention
 from improto.backends.redis.client import RespConnection
-from improto.backends.redis.presence import Script
+from improto.backends.redis.scripts import Script, ScriptBatch
 from improto.backends.redis.wire import decode_envelope, encode_head
 
 # Redis's clock in ms, read once per script and only if asked: a script
@@ -52,23 +55,22 @@ local function now_ms()
 end
 """
 
-# ARGV[4..6]: size, age_ms, idem_ttl_ms, shared by every append of one script.
+# Shared by every append of a script: size (a number), age_ms, idem_ttl_ms.
 _APPEND_FUNCTION = _CLOCK + """
-local function append(seq_key, log_key, idem_key, channel, head, data)
+local function append(seq_key, log_key, idem_key, channel, head, data, size, age_ms, idem_ttl_ms)
   if idem_key then
     local prev = redis.call('GET', idem_key)
     if prev then return 1, prev end
   end
   local s = string.format('%d', redis.call('INCR', seq_key))
   local payload = head .. string.char(#s) .. s .. data
-  local size = tonumber(ARGV[4])
   if size > 0 then
     redis.call('XADD', log_key, 'MAXLEN', size, s .. '-0', 'e', payload, 't', string.format('%d', now_ms()))
-    redis.call('PEXPIRE', log_key, ARGV[5])
+    redis.call('PEXPIRE', log_key, age_ms)
   end
   local n = redis.call('PUBLISH', channel, payload)
   local result = s .. ':' .. n
-  if idem_key then redis.call('SET', idem_key, result, 'PX', ARGV[6]) end
+  if idem_key then redis.call('SET', idem_key, result, 'PX', idem_ttl_ms) end
   return 0, result
 end
 """
@@ -77,35 +79,66 @@ end
 _APPEND = (
     _APPEND_FUNCTION
     + """
-local duplicate, result = append(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])
+local duplicate, result = append(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3],
+                                 tonumber(ARGV[4]), ARGV[5], ARGV[6])
 return {duplicate, result}
 """
 )
 
-# IPrivateBackend.send_private. KEYS: seq, log, seen, idem, copy seq, copy log
-# ARGV: channel, head, data, size, age_ms, idem_ttl_ms, copy channel, copy head, then
-# flags, each '1' or '': check seen, idempotent, copy, copy only elsewhere (live: only
-# if another node subscribes, this one being one). Replies {2, nodes} when unseen:
-# published live, as version 1 (the head without its stream; see wire.py).
+# IPrivateBackend.send_private for every private message of a reactor turn
+# (PrivateBatch). KEYS, 6 per message: seq, log, seen, idem, copy seq, copy log.
+# ARGV: size, age_ms, idem_ttl_ms, channel prefix, then 4 per message: head (its
+# stream names the channel), data, copy stream ('' = no copy), flags: letters of
+# s (check seen), i (idempotent), e (copy only elsewhere: live, only if another
+# node subscribes, this one being one). The copy's head is the message's with
+# the native audience and the copy stream. Replies 2 values per message:
+# {2, nodes} when unseen (published live, as version 1: the head without its
+# stream, see wire.py), {duplicate, "seq:nodes"} when appended, {3, error} when
+# Redis refused one of its commands: each message fails alone (pcall), as it
+# would in a script of its own.
 _PRIVATE = (
     _APPEND_FUNCTION
     + """
-local function unpositioned(head)
+local size, age_ms, idem_ttl_ms, prefix = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
+local function has(flags, letter) return string.find(flags, letter, 1, true) ~= nil end
+local function send(k, a)
+  local head, data, copy_stream, flags = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local stream_len = string.byte(head, 10) * 256 + string.byte(head, 11)
-  return '\\1' .. string.sub(head, 2, 9) .. string.sub(head, 12, #head - stream_len)
-end
-local copy = ARGV[11] ~= ''
-if ARGV[9] ~= '' and not redis.call('GET', KEYS[3]) then
-  local n = redis.call('PUBLISH', ARGV[1], unpositioned(ARGV[2]) .. ARGV[3])
-  if n > 0 and copy and (ARGV[12] == '' or redis.call('PUBSUB', 'NUMSUB', ARGV[7])[2] > 1) then
-    redis.call('PUBLISH', ARGV[7], unpositioned(ARGV[8]) .. ARGV[3])
+  local channel = prefix .. string.sub(head, #head - stream_len + 1)
+  -- flags byte, then the three string lengths; then the strings themselves
+  local flags_byte, lengths = string.sub(head, 2, 2), string.sub(head, 4, 9)
+  local strings = string.sub(head, 12, #head - stream_len)
+  local copy = copy_stream ~= ''
+  local copy_channel = prefix .. copy_stream
+  if has(flags, 's') and not redis.call('GET', KEYS[k + 2]) then
+    local n = redis.call('PUBLISH', channel, '\\1' .. string.sub(head, 2, 3) .. lengths .. strings .. data)
+    if n > 0 and copy and (not has(flags, 'e') or redis.call('PUBSUB', 'NUMSUB', copy_channel)[2] > 1) then
+      redis.call('PUBLISH', copy_channel, '\\1' .. flags_byte .. '\\1' .. lengths .. strings .. data)
+    end
+    return 2, n
   end
-  return {2, n}
+  local idem = has(flags, 'i') and KEYS[k + 3] or nil
+  local duplicate, result = append(KEYS[k], KEYS[k + 1], idem, channel, head, data, size, age_ms, idem_ttl_ms)
+  if duplicate == 0 and copy then
+    local copy_head = '\\2' .. flags_byte .. '\\1' .. lengths
+      .. string.char(math.floor(#copy_stream / 256), #copy_stream % 256) .. strings .. copy_stream
+    append(KEYS[k + 4], KEYS[k + 5], nil, copy_channel, copy_head, data, size, age_ms, idem_ttl_ms)
+  end
+  return duplicate, result
 end
-local idem = ARGV[10] ~= '' and KEYS[4] or nil
-local duplicate, result = append(KEYS[1], KEYS[2], idem, ARGV[1], ARGV[2], ARGV[3])
-if duplicate == 0 and copy then append(KEYS[5], KEYS[6], nil, ARGV[7], ARGV[8], ARGV[3]) end
-return {duplicate, result}
+local out = {}
+local k, a = 1, 5
+while a <= #ARGV do
+  local ok, kind, result = pcall(send, k, a)
+  if not ok then
+    if type(kind) == 'table' then kind = kind.err end
+    kind, result = 3, tostring(kind)
+  end
+  out[#out + 1] = kind
+  out[#out + 1] = result
+  k, a = k + 6, a + 4
+end
+return out
 """
 )
 
@@ -164,18 +197,35 @@ def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
-def _flag(on: bool) -> bytes:
-    return b"1" if on else b""
-
-
 def _appended(reply: list[Any]) -> Appended:
     duplicate, result = reply
     seq, receivers = result.split(b":")
     return Appended(int(seq), int(receivers), bool(duplicate))
 
 
-def _private_sent(reply: list[Any]) -> Appended | int:
-    return int(reply[1]) if reply[0] == 2 else _appended(reply)
+#: The PRIVATE script's flags by (check seen, idempotent, copy only elsewhere).
+_PRIVATE_FLAGS = {
+    (seen, idempotent, elsewhere): "".join(
+        letter for letter, on in (("s", seen), ("i", idempotent), ("e", elsewhere)) if on)
+    for seen in (False, True) for idempotent in (False, True) for elsewhere in (False, True)
+}
+
+
+class PrivateBatch(ScriptBatch):
+    """The private messages of one reactor turn, one ``PRIVATE`` script call."""
+
+    script = PRIVATE
+    what = "append"
+
+    def answer(self, d: Deferred[Any], reply: list[Any], index: int) -> None:
+        kind, result = reply[2 * index], reply[2 * index + 1]
+        if kind == 2:
+            d.callback(result)
+        elif kind == 3:
+            self.refuse(d, result)
+        else:
+            seq, receivers = result.split(b":")
+            d.callback(Appended(int(seq), int(receivers), bool(kind)))
 
 
 class StreamStore:
@@ -186,18 +236,20 @@ class StreamStore:
         self._append = APPEND_SHARDED if sharded else APPEND
         # A private message's two streams are in different cluster slots.
         self._scripts = [self._append, HISTORY, MARK_SEEN] + ([] if sharded else [PRIVATE])
-        self._keys: dict[str, tuple[bytes, bytes]] = {}
+        self._keys: dict[str, tuple[bytes, bytes, bytes]] = {}
+        # The PRIVATE script's common ARGV, per setting (one in practice).
+        self._private_common: dict[tuple[int, float, float, bytes], list[bytes | str | int]] = {}
 
     def key(self, stream: str, suffix: str) -> bytes:
         return b"".join((self.prefix, b"{", stream.encode("utf-8"), b"}:", suffix.encode("utf-8")))
 
-    def _stream_keys(self, stream: str) -> tuple[bytes, bytes]:
-        """``stream``'s seq and log keys, remembered (a private message needs four)."""
+    def _stream_keys(self, stream: str) -> tuple[bytes, bytes, bytes]:
+        """``stream``'s seq, log and seen keys, remembered (a private message needs five)."""
         keys = self._keys.get(stream)
         if keys is None:
             if len(self._keys) >= 4096:
                 self._keys.clear()
-            keys = self._keys[stream] = (self.key(stream, "seq"), self.key(stream, "log"))
+            keys = self._keys[stream] = (self.key(stream, "seq"), self.key(stream, "log"), self.key(stream, "seen"))
         return keys
 
     def load_scripts(self, conn: RespConnection) -> Deferred[Any]:
@@ -222,25 +274,28 @@ class StreamStore:
         copy_stream: str | None, only_if_seen: str | None, retention: Retention,
         idempotency_key: str | None, idempotency_ttl: float, copy_only_elsewhere: bool,
     ) -> Deferred[Appended | int]:
-        """One ``PRIVATE`` script: see :class:`~improto.backends.interface.IPrivateBackend`."""
+        """
+        See :class:`~improto.backends.interface.IPrivateBackend`: a part of
+        this turn's ``PRIVATE`` script (:class:`PrivateBatch`). Fails with
+        ``BackendUnavailable`` as the backend's other calls do.
+        """
         idempotent = idempotency_key is not None and idempotency_ttl > 0
         # Keys a flag leaves unused are still declared, as a script's keys must be.
-        copy = copy_stream or stream
-        seq, log = self._stream_keys(stream)
-        copy_seq, copy_log = self._stream_keys(copy)
+        seq, log, _ = self._stream_keys(stream)
+        copy_seq, copy_log, _ = self._stream_keys(copy_stream) if copy_stream is not None else (seq, log, b"")
         keys = [
-            seq, log, self.key("user:" + (only_if_seen or ""), "seen"),
+            seq, log, self._stream_keys("user:" + only_if_seen)[2] if only_if_seen is not None else seq,
             self.key(stream, f"idem:{idempotency_key}") if idempotent else seq,
             copy_seq, copy_log,
         ]
-        args: list[bytes | str | int] = [
-            channel_prefix + stream.encode("utf-8"), encode_head(envelope, stream), envelope.data,
-            retention.size, _ms(retention.age), _ms(idempotency_ttl),
-            channel_prefix + copy.encode("utf-8"), encode_head(for_natives(envelope), copy),
-            _flag(only_if_seen is not None), _flag(idempotent), _flag(copy_stream is not None),
-            _flag(copy_only_elsewhere),
-        ]
-        return PRIVATE.run(conn, keys, args).addCallback(_private_sent)
+        flags = _PRIVATE_FLAGS[(only_if_seen is not None, idempotent, copy_only_elsewhere)]
+        args: list[bytes | str | int] = [encode_head(envelope, stream), envelope.data, copy_stream or "", flags]
+        setting = (retention.size, retention.age, idempotency_ttl, channel_prefix)
+        common = self._private_common.get(setting)
+        if common is None:
+            common = self._private_common[setting] = [
+                retention.size, _ms(retention.age), _ms(idempotency_ttl), channel_prefix]
+        return PrivateBatch.join(conn, common, keys, args)
 
     def history(
         self, conn: RespConnection, stream: str, after: int, limit: int, before: int | None,
