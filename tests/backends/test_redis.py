@@ -501,6 +501,42 @@ async def test_presence_changes_of_one_turn_are_one_script_each_with_its_own_ans
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_part_that_cannot_be_packed_fails_alone(redis_nodes: Any) -> None:
+    a = redis_nodes("node-a")
+    await a.start()
+    changes = [a.presence_add("room", "alice"), a.presence_add("room", "\ud800"), a.presence_add("room", "bob")]
+    results: dict[int, Any] = {}
+    for i, d in enumerate(changes):
+        d.addBoth(lambda result, i=i: results.__setitem__(i, result))
+    await eventually(lambda: len(results) == len(changes))
+    alice, unsendable, bob = (results[i] for i in range(3))
+    assert (alice, bob) == (True, True)
+    assert unsendable.check(UnicodeEncodeError)
+    assert await a.presence_members("room") == ["alice", "bob"]
+    assert a.health().state is BackendState.OK
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_batch_that_cannot_be_packed_drops_the_connection_not_the_pipeline(redis_nodes: Any) -> None:
+    class Broken:
+        def pack(self) -> bytes:
+            raise RuntimeError("bug")
+
+    a = redis_nodes("node-a")
+    await a.start()
+    conn = a.command_link.ready
+    before, broken, after = [], [], []
+    a.publish("group:lobby", envelope()).addBoth(before.append)
+    conn.execute_batch(Broken()).addBoth(broken.append)  # type: ignore[union-attr]
+    await eventually(lambda: bool(broken and before))
+    assert broken[0].check(BackendUnavailable) and "could not pack" in str(broken[0].value)
+    assert before[0].check(BackendUnavailable)  # in the same write: never sent
+    await eventually(lambda: a.health().state is BackendState.OK and a.command_link.ready is not conn)
+    a.publish("group:lobby", envelope()).addBoth(after.append)
+    await eventually(lambda: after == [0])
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_node_without_native_sessions_does_not_decode_presence(
     redis_nodes: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -213,8 +213,14 @@ class RespConnection(Protocol, TimeoutMixin):
         self._tail = None
         if self._outgoing and self._open:
             outgoing, self._outgoing = self._outgoing, []
+            try:
+                data = b"".join([c if type(c) is bytes else c.pack() for c in outgoing])  # type: ignore[union-attr]
+            except Exception as e:
+                # Replies would no longer match their commands: start afresh.
+                self.abort(f"could not pack a batch of commands ({e!r:.80})")
+                return
             self.stats.writes += 1
-            self._transport.write(b"".join([c if type(c) is bytes else c.pack() for c in outgoing]))  # type: ignore[union-attr]
+            self._transport.write(data)
 
     def dataReceived(self, data: bytes) -> None:
         self._reader.feed(data)

@@ -167,6 +167,8 @@ class PresenceBatch(ScriptBatch):
 
     script = CHANGES
     what = "presence change"
+    keys_per_part = 1
+    args_per_part = 4
 
     def answer(self, d: Deferred[Any], reply: list[Any], index: int) -> None:
         changed = reply[index]

@@ -70,6 +70,9 @@ class ScriptBatch:
     script: ClassVar[Script]
     #: Said in the error of a failed call: "Redis refused <what>".
     what: ClassVar[str]
+    #: Keys and arguments of each part (after the common arguments).
+    keys_per_part: ClassVar[int]
+    args_per_part: ClassVar[int]
     #: Parts per call at most; a turn with more starts another.
     LIMIT: ClassVar[int] = 256
 
@@ -101,7 +104,32 @@ class ScriptBatch:
         return d
 
     def pack(self) -> bytes:
-        return pack(b"EVALSHA", self.script.sha, len(self.keys), *self.keys, *self.args)
+        try:
+            return pack(b"EVALSHA", self.script.sha, len(self.keys), *self.keys, *self.args)
+        except Exception:
+            # An argument hiredis cannot encode (a str that is not valid
+            # Unicode): its part fails alone, now; the rest is still sent,
+            # since a reply is awaited for this command.
+            self._drop_unsendable()
+            return pack(b"EVALSHA", self.script.sha, len(self.keys), *self.keys, *self.args)
+
+    def _drop_unsendable(self) -> None:
+        nk, na, common = self.keys_per_part, self.args_per_part, len(self.common)
+        keys: list[bytes] = []
+        args = list(self.common)
+        waiting = []
+        for i, d in enumerate(self.waiting):
+            part_keys = self.keys[i * nk : (i + 1) * nk]
+            part_args = self.args[common + i * na : common + (i + 1) * na]
+            try:
+                pack(*part_keys, *part_args)
+            except Exception:
+                d.errback()
+                continue
+            keys += part_keys
+            args += part_args
+            waiting.append(d)
+        self.keys, self.args, self.waiting = keys, args, waiting
 
     def answer(self, d: Deferred[Any], reply: list[Any], index: int) -> None:
         """Fire ``d`` with the answer of part ``index`` in the script's ``reply``."""

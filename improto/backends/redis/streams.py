@@ -216,6 +216,8 @@ class PrivateBatch(ScriptBatch):
 
     script = PRIVATE
     what = "append"
+    keys_per_part = 6
+    args_per_part = 4
 
     def answer(self, d: Deferred[Any], reply: list[Any], index: int) -> None:
         kind, result = reply[2 * index], reply[2 * index + 1]
