@@ -164,7 +164,7 @@ class RespConnection(Protocol, TimeoutMixin):
     def execute(self, *args: Arg) -> Deferred[Any]:
         """Send one command; fires with its reply or fails with the error."""
         if not self._open:
-            return fail(BackendUnavailable(f"Redis connection failed: {self._lost_reason or 'not connected'}"))
+            return self._not_connected()
         return self._queue(hiredis.pack_command(args))  # type: ignore[arg-type]
 
     def tail_batch(self, kind: type[BatchT]) -> BatchT | None:
@@ -182,12 +182,15 @@ class RespConnection(Protocol, TimeoutMixin):
         once without write batching); fires with its reply like :meth:`execute`.
         """
         if not self._open:
-            return fail(BackendUnavailable(f"Redis connection failed: {self._lost_reason or 'not connected'}"))
+            return self._not_connected()
         if not self._batch_writes:
             return self._queue(batch.pack())
         d = self._queue(batch)
         self._tail = batch
         return d
+
+    def _not_connected(self) -> Deferred[Any]:
+        return fail(BackendUnavailable(f"Redis connection failed: {self._lost_reason or 'not connected'}"))
 
     def _queue(self, command: bytes | Batch) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()

@@ -40,7 +40,7 @@ from twisted.python.failure import Failure
 
 from improto.backends.interface import BackendUnavailable
 from improto.backends.redis.client import RespConnection, as_unavailable
-from improto.backends.redis.scripts import Script, ScriptBatch
+from improto.backends.redis.scripts import ERROR_TEXT, Script, ScriptBatch
 
 #: A channel key and an encoded envelope, published by the script on a change.
 Announcement = tuple[bytes, bytes]
@@ -105,6 +105,7 @@ _REMOVE = _PROLOGUE + _CHANGE + "return remove(KEYS[1], ARGV[3])\n"
 _CHANGES = (
     _PROLOGUE
     + _CHANGE
+    + ERROR_TEXT
     + """
 local function change(key, op, member, channel, payload)
   local changed = (op == 'a' and add or remove)(key, member)
@@ -115,11 +116,7 @@ local out = {}
 for k = 1, #KEYS do
   local a = 4 * k - 1
   local ok, changed = pcall(change, KEYS[k], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])
-  if not ok then
-    if type(changed) == 'table' then changed = changed.err end
-    changed = tostring(changed)
-  end
-  out[k] = changed
+  out[k] = ok and changed or error_text(changed)
 end
 return out
 """

@@ -46,9 +46,23 @@ class Script:
             failure.trap(RedisReplyError)
             if not _noscript(failure):
                 return failure
-            return conn.execute(b"EVAL", self.source, len(keys), *keys, *args)
+            return self.evaluate(conn, keys, args)
 
         return d.addErrback(maybe_unknown)
+
+    def evaluate(self, conn: RespConnection, keys: list[bytes], args: list[bytes | str | int]) -> Deferred[Any]:
+        """Run the script sent in full: after ``NOSCRIPT`` (Redis lost it, ``SCRIPT FLUSH``)."""
+        return conn.execute(b"EVAL", self.source, len(keys), *keys, *args)
+
+
+#: Lua: the text of an error ``pcall`` caught (``redis.call`` raises a table
+#: with the reply's text in ``err``); what a batch's failed part answers.
+ERROR_TEXT = """
+local function error_text(e)
+  if type(e) == 'table' then e = e.err end
+  return tostring(e)
+end
+"""
 
 
 def _noscript(failure: Failure) -> bool:
@@ -105,13 +119,16 @@ class ScriptBatch:
 
     def pack(self) -> bytes:
         try:
-            return pack(b"EVALSHA", self.script.sha, len(self.keys), *self.keys, *self.args)
+            return self._evalsha()
         except Exception:
             # An argument hiredis cannot encode (a str that is not valid
             # Unicode): its part fails alone, now; the rest is still sent,
             # since a reply is awaited for this command.
             self._drop_unsendable()
-            return pack(b"EVALSHA", self.script.sha, len(self.keys), *self.keys, *self.args)
+            return self._evalsha()
+
+    def _evalsha(self) -> bytes:
+        return pack(b"EVALSHA", self.script.sha, len(self.keys), *self.keys, *self.args)
 
     def _drop_unsendable(self) -> None:
         nk, na, common = self.keys_per_part, self.args_per_part, len(self.common)
@@ -141,8 +158,7 @@ class ScriptBatch:
 
     def _refused(self, failure: Failure, conn: RespConnection) -> None:
         if _noscript(failure):
-            d = conn.execute(b"EVAL", self.script.source, len(self.keys), *self.keys, *self.args)
-            d.addCallbacks(self._answered, self._failed)
+            self.script.evaluate(conn, self.keys, self.args).addCallbacks(self._answered, self._failed)
             return
         self._failed(failure)
 

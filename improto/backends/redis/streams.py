@@ -39,7 +39,7 @@ from twisted.internet.defer import Deferred, gatherResults
 
 from improto.backends.interface import Appended, Envelope, HistoryPage, Retention
 from improto.backends.redis.client import RespConnection
-from improto.backends.redis.scripts import Script, ScriptBatch
+from improto.backends.redis.scripts import ERROR_TEXT, Script, ScriptBatch
 from improto.backends.redis.wire import decode_envelope, encode_head
 
 # Redis's clock in ms, read once per script and only if asked: a script
@@ -98,6 +98,7 @@ return {duplicate, result}
 # would in a script of its own.
 _PRIVATE = (
     _APPEND_FUNCTION
+    + ERROR_TEXT
     + """
 local size, age_ms, idem_ttl_ms, prefix = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
 local function has(flags, letter) return string.find(flags, letter, 1, true) ~= nil end
@@ -130,10 +131,7 @@ local out = {}
 local k, a = 1, 5
 while a <= #ARGV do
   local ok, kind, result = pcall(send, k, a)
-  if not ok then
-    if type(kind) == 'table' then kind = kind.err end
-    kind, result = 3, tostring(kind)
-  end
+  if not ok then kind, result = 3, error_text(kind) end
   out[#out + 1] = kind
   out[#out + 1] = result
   k, a = k + 6, a + 4
@@ -226,8 +224,7 @@ class PrivateBatch(ScriptBatch):
         elif kind == 3:
             self.refuse(d, result)
         else:
-            seq, receivers = result.split(b":")
-            d.callback(Appended(int(seq), int(receivers), bool(kind)))
+            d.callback(_appended([kind, result]))
 
 
 class StreamStore:
