@@ -22,6 +22,11 @@ Autobahn with ``docs/upstream/autobahn-lazy-debug-log.patch`` applied, the
 
     python benchmarks/micro.py [--quick] [--json] [--no-boost] [--options]
     python benchmarks/micro.py --instructions [--ops frame-in,private] [--json]
+    python benchmarks/micro.py --instructions --ops site-handshake,ceiling-handshake --modes improto
+
+The last compares a connection through improto's whole site with one of
+the in-stack ceiling (``servers/autobahn_ceiling.py``), the peer the
+handshake target is set against.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -502,9 +508,22 @@ OPS: dict[str, tuple[str, Callable[[Any, int], float], int]] = {
     "send-message": ("bare", bench_send_message, 1000),
     "improto-handshake": ("chat", lambda f, n: bench_handshake(f, n, "/ws/u{}".format), 40),
     "site-handshake": ("site", lambda f, n: bench_site_handshake(f, n, "/ws/u{}".format), 40),
+    "ceiling-handshake": ("ceiling", lambda f, n: bench_handshake(f, n, "/ws/u{}".format), 40),
     "private": ("chat", bench_improto_private_in, 300),
     "group-100": ("chat", lambda f, n: bench_improto_group_in(f, n, 100), 8),
 }
+
+
+def ceiling_factory() -> Any:
+    """
+    The in-stack ceiling peer's factory (``servers/autobahn_ceiling.py``).
+    Importing it stubs Autobahn's debug-log helpers for the whole process,
+    so only ``--one`` (a process of its own) makes it.
+    """
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "servers"))
+    import autobahn_ceiling
+
+    return autobahn_ceiling.ChatFactory()
 
 
 def run_one(op: str, mode: str, n: int) -> None:
@@ -512,7 +531,7 @@ def run_one(op: str, mode: str, n: int) -> None:
     global COUNTING
     kind, fn, _ = OPS[op]
     factory = (make_factory(StockProtocol) if kind == "bare" else improto_site()
-               if kind == "site" else improto_factory())
+               if kind == "site" else ceiling_factory() if kind == "ceiling" else improto_factory())
     if mode == "stock":
         quiet.uninstall()
     fn(factory, max(2, n // 4))  # warm-up: first-use imports, remembered texts

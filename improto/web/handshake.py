@@ -32,9 +32,12 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from improto.web.upgrade import PLAIN_HEAD
-
 _log = Logger()
+
+#: A request line and header lines of printable ASCII, ending the head.
+PLAIN_HEAD = re.compile(
+    rb"GET (/[!-~]*) HTTP/1\.1\r\n(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t -~]*\r\n)+\r\n"
+)
 
 _KEY = re.compile(r"[A-Za-z0-9+/]{22}==")
 #: Autobahn's own helpers for the origin check (private names: if an Autobahn
@@ -56,6 +59,8 @@ class PlainRequest(NamedTuple):
     headers: dict[str, str]
     #: The Host header's host, without the port.
     host: str
+    #: The Host header's port, or None when it names none.
+    port: int | None
     protocols: list[str]
     #: The Origin header, or None when the client sent none.
     origin: str | None
@@ -69,7 +74,21 @@ def read_plain(data: bytes, external_port: int | None) -> PlainRequest | None:
     tells (``external_port``: the factory's, which the Host port must match
     when set); else None, also for a head not complete yet.
     """
-    end = data.find(b"\r\n\r\n")
+    request = parse_plain(data)
+    if request is None or not _port_allowed(request, external_port):
+        return None
+    return request
+
+
+def parse_plain(data: bytes, limit: int | None = None) -> PlainRequest | None:
+    """
+    :func:`read_plain` before the one check that needs the factory (the
+    Host port): what a connection's first read is parsed with, before it is
+    known which factory will take it (:mod:`improto.web.upgrade`). None
+    also for a head longer than ``limit`` bytes and for a request with a
+    body (``Content-Length`` or ``Transfer-Encoding``), which twisted.web reads.
+    """
+    end = data.find(b"\r\n\r\n", 0, limit)
     if end < 0:
         return None
     head = data[: end + 4]
@@ -87,9 +106,11 @@ def read_plain(data: bytes, external_port: int | None) -> PlainRequest | None:
         headers[name.lower()] = value.strip(" \t")
     if len(headers) != len(lines) - 1:
         return None  # a repeated header: Autobahn joins the values, or refuses some
-    host = _host(headers.get("host"), external_port)
+    if "content-length" in headers or "transfer-encoding" in headers:
+        return None
+    host_port = _host_port(headers.get("host"))
     if (
-        host is None
+        host_port is None
         or not _has_token(headers.get("upgrade"), "websocket")
         or not _has_token(headers.get("connection"), "upgrade")
         or headers.get("sec-websocket-version") != "13"
@@ -106,25 +127,27 @@ def read_plain(data: bytes, external_port: int | None) -> PlainRequest | None:
     path, _, query = uri.partition("?")
     return PlainRequest(
         head=head, status_line=lines[0], uri=uri, path=path,
-        params=parse_qs(query) if query else {}, headers=headers, host=host,
-        protocols=protocols, origin=headers.get("origin"), key=key,
+        params=parse_qs(query) if query else {}, headers=headers, host=host_port[0],
+        port=host_port[1], protocols=protocols, origin=headers.get("origin"), key=key,
     )
 
 
-def _host(value: str | None, external_port: int | None) -> str | None:
-    """The Host header's host, as Autobahn takes it (None: not plain)."""
+def _host_port(value: str | None) -> tuple[str, int | None] | None:
+    """The Host header's host and port (None if it has none), as Autobahn splits it; None: not plain."""
     if value is None:
         return None
     if ":" not in value or value.endswith("]"):
-        return value
+        return value, None
     host, port = value.rsplit(":", 1)
     try:
-        number = int(port.strip())
+        return host, int(port.strip())
     except ValueError:
         return None
-    if external_port and number != external_port:
-        return None
-    return host
+
+
+def _port_allowed(request: PlainRequest, external_port: int | None) -> bool:
+    """Autobahn refuses a Host port other than the factory's ``externalPort``, where it has one."""
+    return not external_port or request.port is None or request.port == external_port
 
 
 def _has_token(value: str | None, token: str) -> bool:
@@ -134,18 +157,20 @@ def _has_token(value: str | None, token: str) -> bool:
     return value == token or any(v.strip() == token for v in value.split(","))
 
 
-def open_plain(link: Any) -> bool:
+def open_plain(link: Any, request: PlainRequest | None = None) -> bool:
     """
     Do ``link``'s (an Autobahn ``WebSocketServerProtocol``) opening
     handshake the short way if its request is plain and passes the checks
     that depend on its factory; False, having changed nothing, when it must
-    take Autobahn's ``processHandshake``.
+    take Autobahn's ``processHandshake``. ``request``: the head at the
+    start of ``link.data`` parsed already (by :func:`parse_plain`), if it was.
     """
     if _url_to_origin is None or _is_same_origin is None:
         return False
     factory = link.factory
-    request = read_plain(link.data, factory.externalPort)
-    if request is None or 13 not in link.versions:
+    if request is None or not link.data.startswith(request.head):
+        request = parse_plain(link.data)
+    if request is None or not _port_allowed(request, factory.externalPort) or 13 not in link.versions:
         return False
     if "x-forwarded-for" in request.headers and link.trustXForwardedFor:
         return False

@@ -166,6 +166,9 @@ class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     user_slot: str | None = None
     #: Whether this connection has a real ``send_queue`` (it made a sync or chopped write).
     _queued = False
+    #: Its request head as the connection's first read parsed it (``improto.web.upgrade``),
+    #: until the handshake reads it.
+    plain_request: handshake.PlainRequest | None = None
 
     def connectionMade(self) -> None:
         """Autobahn's, without the system calls it makes for nothing (:mod:`improto.web.details`)."""
@@ -209,7 +212,10 @@ class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         anything else, and every request while Autobahn logs at debug level
         or :mod:`improto.web.quiet` is uninstalled, Autobahn's way.
         """
-        if not (_quiet_writes() and handshake.open_plain(self)):
+        request = self.plain_request
+        if request is not None:
+            del self.plain_request  # back to the class's None: nothing kept per connection
+        if not (_quiet_writes() and handshake.open_plain(self, request)):
             super().processHandshake()
 
     def on(self, event: str, handler: Any) -> None:

@@ -283,7 +283,9 @@ class RootResource(Resource):
         """
         if self._websocket_factory is None:
             return None
-        segments = [unquote_to_bytes(s) for s in path[1:].split(b"/")]
+        segments = path[1:].split(b"/")
+        if b"%" in path:
+            segments = [unquote_to_bytes(s) for s in segments]
         if self._is_fixed_route(segments[0], segments[1:], path):
             return None
         return self._websocket_factory

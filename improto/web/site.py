@@ -28,7 +28,7 @@ from improto.router.observer import NO_METRICS, Observer
 from improto.settings import Settings
 from improto.web.limits import ConnectionCounter, OncePerKey, http_response
 from improto.web.timers import BucketTimer
-from improto.web.upgrade import hand_over, upgrade_path
+from improto.web.upgrade import FirstRead, FirstReads
 
 _log = Logger()
 
@@ -86,7 +86,10 @@ class GuardedChannel(HTTPChannel):
     _deadline: Any = None
     _slot: tuple[ConnectionCounter, str] | None = None
     _refused = False
-    _first_read = True
+    #: When the connection was made, where that was before this channel took
+    #: it (:class:`~improto.web.upgrade.FirstRead`): the first request's
+    #: deadline counts from then.
+    _made_at: float | None = None
 
     def hold(self, counter: ConnectionCounter, address: str) -> None:
         self._slot = (counter, address)
@@ -102,12 +105,27 @@ class GuardedChannel(HTTPChannel):
         self._disarm()
         timeout = self.site.settings.handshake_timeout
         if timeout:
+            made_at, self._made_at = self._made_at, None
+            if made_at is not None:
+                timeout = max(0.0, made_at + timeout - self.site.reactor.seconds())
             self._deadline = self.callLater(timeout, self._too_slow)
 
     def _disarm(self) -> None:
         deadline, self._deadline = self._deadline, None
         if deadline is not None and deadline.active():
             deadline.cancel()
+
+    def first_read_timed_out(self) -> None:
+        """
+        Nothing arrived within the site's first-read timeout: the request
+        deadline's 408, or where the idle timeout is the shorter, its quiet close.
+        """
+        settings = self.site.settings
+        deadline, idle = settings.handshake_timeout, settings.idle_timeout
+        if deadline and not (idle and idle < deadline):
+            self._too_slow()
+        else:
+            self.timeoutConnection()
 
     def _too_slow(self) -> None:
         self._deadline = None
@@ -135,29 +153,7 @@ class GuardedChannel(HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self._refused:
             return
-        if self._first_read:
-            self._first_read = False
-            if self._upgraded_directly(data):
-                return
         super().dataReceived(data)
-
-    def _upgraded_directly(self, data: bytes) -> bool:
-        """See :mod:`improto.web.upgrade`."""
-        upgrades = self.site.upgrades
-        if upgrades is None or self.transport is None:
-            return False
-        path = upgrade_path(data, self.totalHeadersSize)
-        factory = None if path is None else upgrades(path)
-        protocol = None if factory is None else factory.buildProtocol(self.transport.getPeer())
-        if protocol is None:
-            return False
-        transport, self.transport = self.transport, None
-        self._disarm()
-        self.setTimeout(None)
-        # No longer an HTTP connection of this address (as in allContentReceived).
-        self._give_back()
-        hand_over(transport, protocol, data)
-        return True
 
     def lineReceived(self, line: bytes) -> None:
         # Twisted answers a bare 400; the limit deserves its own status.
@@ -258,6 +254,10 @@ class GuardedSite(Site):
         self.pending = ConnectionCounter(settings.max_handshakes_per_ip)
         self._logged = OncePerKey()
         self.upgrades = getattr(resource, "upgrade_factory", None)
+        #: Connections before their first read (where ``upgrades`` routes
+        #: some): timed out by the request deadline, or the idle timeout where shorter.
+        timeouts = [t for t in (settings.handshake_timeout, settings.idle_timeout) if t]
+        self.first_reads = FirstReads(self.reactor, min(timeouts, default=0))
 
     def buildProtocol(self, addr: IAddress) -> Protocol | None:  # type: ignore[override]
         host = getattr(addr, "host", None)
@@ -274,7 +274,16 @@ class GuardedSite(Site):
             body = f"Too many connections in progress from {address} (at most {limit})."
             response = http_response(429, "Too Many Requests", body, (("Retry-After", "10"),))
             return _TooManyPending(response, self.reactor)
-        channel = super().buildProtocol(addr)
+        if self.upgrades is None:
+            return self.http_channel(address, addr, None)
+        return FirstRead(self, address, addr)
+
+    def http_channel(self, address: str, peer: IAddress, made_at: float | None) -> GuardedChannel:
+        """
+        A channel holding a slot of ``address`` (taken already) whose first
+        request's deadline counts from ``made_at`` (None: from its connection).
+        """
+        channel = super().buildProtocol(peer)
         assert isinstance(channel, GuardedChannel)
         size = self.settings.max_header_size
         channel.totalHeadersSize = size
@@ -282,4 +291,5 @@ class GuardedSite(Site):
         # As HTTPFactory.buildProtocol sets the reactor's (TimeoutMixin reads it).
         channel.callLater = self.timers.call_later  # type: ignore[method-assign,assignment]
         channel.hold(self.pending, address)
+        channel._made_at = made_at
         return channel

@@ -1,51 +1,160 @@
 """
-WebSocket upgrades handed straight to Autobahn, without twisted.web's Request.
+WebSocket upgrades handed straight to Autobahn, without twisted.web.
 
-On the twisted.web path an upgrade request is parsed into a ``Request``,
-routed through the resource tree, and then written back out as bytes by
-Autobahn's ``WebSocketResource`` for Autobahn to parse again: about a fifth
-of a connection's set-up (``benchmarks/micro.py --ops site-handshake``).
-When a connection's first read is one whole, plain upgrade head (``GET``,
+A new connection of a :class:`~improto.web.site.GuardedSite` is a
+:class:`FirstRead` until its first read. When that read is one whole,
+plain upgrade head (:func:`improto.web.handshake.parse_plain`: ``GET``,
 HTTP/1.1, simple header lines, no body) for a path the root resource
 routes to a WebSocket factory (:meth:`RootResource.upgrade_factory
-<improto.web.resources.RootResource.upgrade_factory>`),
-:class:`~improto.web.site.GuardedChannel` gives those bytes to that
-factory's protocol exactly as ``WebSocketResource.render`` gives its
-rebuilt ones. Anything else (a head split over reads, bytes outside
-plain ASCII, a body, a fixed route, a plain HTTP request) takes the
-twisted.web path, which answers it as before; Autobahn parses and checks
-the handshake on both paths.
+<improto.web.resources.RootResource.upgrade_factory>`), the bytes go to
+that factory's protocol exactly as Autobahn's ``WebSocketResource.render``
+gives its rebuilt ones, with the head as parsed, so that the handshake
+does not read it again. Anything else (a head split over reads, bytes
+outside plain ASCII, a body, a fixed route, a plain HTTP request) goes,
+with the read, to a :class:`~improto.web.site.GuardedChannel`, and
+twisted.web answers it as before; Autobahn's checks of the handshake are
+the same on both paths.
+
+Why a protocol of its own rather than a branch in the HTTP channel:
+twisted.web's channel, built, started (TCP_NODELAY, an idle timer,
+registering as the transport's producer) and undone for every connection
+a WebSocket then takes, and the head parsed once to route it and again to
+answer it, were 80k of the 676k instructions of a connection through the
+site, against 574k for the in-stack ceiling's whole connection
+(``benchmarks/micro.py --instructions --ops site-handshake,ceiling-handshake``).
+
+Until its first read a connection has the site's request deadline
+(:class:`FirstReads`): one reactor call for all connections, since they
+share one timeout. It holds its address's slot of the site's ``pending``
+count, as the channel does.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from twisted.internet.interfaces import IAddress
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
+from twisted.python.failure import Failure
 
-#: A request line and header lines of printable ASCII, ending the head.
-PLAIN_HEAD = re.compile(
-    rb"GET (/[!-~]*) HTTP/1\.1\r\n(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t -~]*\r\n)+\r\n"
-)
-_UPGRADE = re.compile(rb"\r\nupgrade:[ \t]*websocket[ \t]*\r\n", re.IGNORECASE)
-_BODY = re.compile(rb"\r\n(?:content-length|transfer-encoding):", re.IGNORECASE)
+from improto.web.handshake import parse_plain
+
+if TYPE_CHECKING:
+    from improto.web.site import GuardedSite
+
+_log = Logger()
 
 
-def upgrade_path(data: bytes, limit: int) -> bytes | None:
+class FirstRead(Protocol):
+    """A new connection of ``site``, until its first read says what it is."""
+
+    def __init__(self, site: GuardedSite, address: str, peer: IAddress) -> None:
+        self.site = site
+        #: The key of the site's per-address count, whose slot this holds.
+        self.address = address
+        self.peer = peer
+
+    def connectionMade(self) -> None:
+        self.site.first_reads.add(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        site = self.site
+        made_at = site.first_reads.pop(self)
+        request = parse_plain(data, site.settings.max_header_size)
+        upgrades = site.upgrades
+        factory = None if request is None or upgrades is None else upgrades(
+            request.path.encode("ascii"))
+        protocol = None if factory is None else factory.buildProtocol(self.peer)
+        if protocol is None:
+            self.become_http(made_at).dataReceived(data)
+            return
+        transport = self.transport
+        set_no_delay = getattr(transport, "setTcpNoDelay", None)  # not on a UNIX socket
+        if set_no_delay is not None:
+            set_no_delay(True)  # as twisted.web's channel sets it on every connection
+        site.pending.release(self.address)  # no longer an HTTP connection of this address
+        protocol.plain_request = request
+        hand_over(transport, protocol, data)
+
+    def become_http(self, made_at: float | None) -> Any:
+        """
+        Give the connection, and this address's slot, to a new HTTP channel
+        whose first request's deadline counts from ``made_at`` (the clock's
+        seconds; None: from now); the channel.
+        """
+        channel = self.site.http_channel(self.address, self.peer, made_at)
+        transport = self.transport
+        self.transport = None
+        switch_protocol(transport, channel)
+        channel.makeConnection(transport)
+        return channel
+
+    def timed_out(self) -> None:
+        """No first read within the deadline: the channel answers as for a slow request."""
+        self.become_http(None).first_read_timed_out()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.site.first_reads.pop(self) is not None or self.transport is not None:
+            self.site.pending.release(self.address)
+        self.transport = None
+
+
+class FirstReads:
     """
-    The path (without its query) of the request in ``data`` if ``data``
-    starts with a whole plain WebSocket upgrade head of at most ``limit``
-    bytes; else None.
+    The connections waiting for their first read, each timed out
+    ``timeout`` seconds after it was made: since they share one timeout
+    they fall due in the order they came, so one reactor call (for the
+    oldest) serves them all, and adding and removing one is a dict
+    operation (a ``callLater`` of Twisted's or of the site's bucket timer
+    costs several times more per connection). With ``timeout`` 0 none is
+    ever timed out (nor kept).
     """
-    end = data.find(b"\r\n\r\n", 0, limit)
-    if end < 0:
-        return None
-    head = data[: end + 4]
-    match = PLAIN_HEAD.fullmatch(head)
-    if match is None or _UPGRADE.search(head) is None or _BODY.search(head) is not None:
-        return None
-    return match.group(1).split(b"?", 1)[0]
+
+    def __init__(self, clock: Any, timeout: float) -> None:
+        self._clock = clock
+        self.timeout = timeout
+        #: Connection -> when it was made (the clock's seconds); oldest first.
+        self._made_at: dict[FirstRead, float] = {}
+        self._call: Any = None
+
+    def __len__(self) -> int:
+        return len(self._made_at)
+
+    def add(self, connection: FirstRead) -> None:
+        if not self.timeout:
+            return
+        self._made_at[connection] = self._clock.seconds()
+        if self._call is None:
+            self._call = self._clock.callLater(self.timeout, self._run)
+
+    def pop(self, connection: FirstRead) -> float | None:
+        """Forget ``connection``; when it was made, or None if it was not waiting."""
+        return self._made_at.pop(connection, None)
+
+    def _run(self) -> None:
+        self._call = None
+        made_at = self._made_at
+        while made_at:
+            connection = next(iter(made_at))
+            wait = made_at[connection] + self.timeout - self._clock.seconds()
+            if wait > 0:
+                self._call = self._clock.callLater(wait, self._run)
+                return
+            del made_at[connection]
+            try:
+                connection.timed_out()
+            except Exception:
+                _log.failure("Timing out a connection that sent nothing failed")
+
+
+def switch_protocol(transport: Any, protocol: Any) -> None:
+    """Make ``protocol`` the one ``transport`` (TCP, or TLS over it) delivers to."""
+    if isinstance(transport, ProtocolWrapper):  # TLS
+        transport.wrappedProtocol = protocol
+    else:
+        transport.protocol = protocol
 
 
 def hand_over(transport: Any, protocol: Any, data: bytes) -> None:
@@ -53,9 +162,6 @@ def hand_over(transport: Any, protocol: Any, data: bytes) -> None:
     Make ``protocol`` the owner of ``transport`` and give it ``data``, as
     ``autobahn.twisted.resource.WebSocketResource.render`` does.
     """
-    if isinstance(transport, ProtocolWrapper):  # TLS
-        transport.wrappedProtocol = protocol
-    else:
-        transport.protocol = protocol
+    switch_protocol(transport, protocol)
     protocol.makeConnection(transport)
     protocol.dataReceived(data)

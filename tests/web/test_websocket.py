@@ -437,8 +437,8 @@ def test_a_plain_handshake_takes_the_short_way_and_debug_logging_autobahns(facto
     answers: list[bool] = []
     real = handshake.open_plain
 
-    def spy(link):
-        answers.append(real(link))
+    def spy(link, request=None):
+        answers.append(real(link, request))
         return answers[-1]
 
     monkeypatch.setattr(handshake, "open_plain", spy)
