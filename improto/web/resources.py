@@ -278,7 +278,7 @@ class RootResource(Resource):
         The factory that :meth:`getChild` would hand a WebSocket upgrade of
         ``path`` (raw, without its query) to, or None where it would not
         (a fixed route, or a resource that is not a plain
-        ``WebSocketResource`` of ours): :class:`~improto.web.site.GuardedChannel`
+        ``WebSocketResource`` of ours): :class:`~improto.web.upgrade.FirstRead`
         then leaves the request to twisted.web.
         """
         if self._websocket_factory is None:

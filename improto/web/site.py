@@ -9,6 +9,10 @@ Refusals are precise statuses with a one-line body: 408 when a request is
 too slow, 431 when its head is too big, 429 past the per-address count.
 None is logged per connection (a flood would be a flood of log lines):
 the per-address refusal is logged once per address.
+
+A connection is a :class:`~improto.web.upgrade.FirstRead` until its first
+read, and a :class:`GuardedChannel` only if that read is not a plain
+WebSocket upgrade (:mod:`improto.web.upgrade`).
 """
 
 from __future__ import annotations
