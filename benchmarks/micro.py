@@ -516,10 +516,13 @@ OPS: dict[str, tuple[str, Callable[[Any, int], float], int]] = {
 
 def ceiling_factory() -> Any:
     """
-    The in-stack ceiling peer's factory (``servers/autobahn_ceiling.py``).
-    Importing it stubs Autobahn's debug-log helpers for the whole process,
-    so only ``--one`` (a process of its own) makes it.
+    The in-stack ceiling peer's factory (``servers/autobahn_ceiling.py``),
+    on stock Autobahn as that server runs (improto's ``quiet`` undone: its
+    frame unmasker would make the ceiling cheaper than it is). Importing it
+    stubs Autobahn's debug-log helpers for the whole process, so only
+    ``--one`` (a process of its own) makes it.
     """
+    quiet.uninstall()
     sys.path.insert(0, str(Path(__file__).resolve().parent / "servers"))
     import autobahn_ceiling
 
