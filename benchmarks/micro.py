@@ -533,8 +533,10 @@ def run_one(op: str, mode: str, n: int) -> None:
     """One op, n times, counted by callgrind (see :func:`count_instructions`)."""
     global COUNTING
     kind, fn, _ = OPS[op]
-    factory = (make_factory(StockProtocol) if kind == "bare" else improto_site()
-               if kind == "site" else ceiling_factory() if kind == "ceiling" else improto_factory())
+    factory = {
+        "bare": lambda: make_factory(StockProtocol), "site": improto_site,
+        "ceiling": ceiling_factory, "chat": improto_factory,
+    }[kind]()
     if mode == "stock":
         quiet.uninstall()
     fn(factory, max(2, n // 4))  # warm-up: first-use imports, remembered texts

@@ -122,11 +122,10 @@ class GuardedChannel(HTTPChannel):
     def first_read_timed_out(self) -> None:
         """
         Nothing arrived within the site's first-read timeout: the request
-        deadline's 408, or where the idle timeout is the shorter, its quiet close.
+        deadline's 408 where that timeout is the deadline, else (the idle
+        timeout is the shorter) the idle timeout's quiet close.
         """
-        settings = self.site.settings
-        deadline, idle = settings.handshake_timeout, settings.idle_timeout
-        if deadline and not (idle and idle < deadline):
+        if self.site.first_reads.timeout == self.site.settings.handshake_timeout:
             self._too_slow()
         else:
             self.timeoutConnection()
@@ -259,7 +258,8 @@ class GuardedSite(Site):
         self._logged = OncePerKey()
         self.upgrades = getattr(resource, "upgrade_factory", None)
         #: Connections before their first read (where ``upgrades`` routes
-        #: some): timed out by the request deadline, or the idle timeout where shorter.
+        #: some): timed out by the request deadline, or the idle timeout where
+        #: shorter (``GuardedChannel.first_read_timed_out`` tells which by this timeout).
         timeouts = [t for t in (settings.handshake_timeout, settings.idle_timeout) if t]
         self.first_reads = FirstReads(self.reactor, min(timeouts, default=0))
 

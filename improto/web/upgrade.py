@@ -19,9 +19,10 @@ Why a protocol of its own rather than a branch in the HTTP channel:
 twisted.web's channel, built, started (TCP_NODELAY, an idle timer,
 registering as the transport's producer) and undone for every connection
 a WebSocket then takes, and the head parsed once to route it and again to
-answer it, were 80k of the 676k instructions of a connection through the
-site, against 574k for the in-stack ceiling's whole connection
-(``benchmarks/micro.py --instructions --ops site-handshake,ceiling-handshake``).
+answer it, were 83k of the 675k instructions of a connection through the
+site, against 584k for the in-stack ceiling's whole connection (605k
+since; ``benchmarks/micro.py --instructions --ops
+site-handshake,ceiling-handshake``).
 
 Until its first read a connection has the site's request deadline
 (:class:`FirstReads`): one reactor call for all connections, since they
@@ -64,8 +65,8 @@ class FirstRead(Protocol):
         made_at = site.first_reads.pop(self)
         request = parse_plain(data, site.settings.max_header_size)
         upgrades = site.upgrades
-        factory = None if request is None or upgrades is None else upgrades(
-            request.path.encode("ascii"))
+        assert upgrades is not None  # the site makes a FirstRead only where it has them
+        factory = None if request is None else upgrades(request.path.encode("ascii"))
         protocol = None if factory is None else factory.buildProtocol(self.peer)
         if protocol is None:
             self.become_http(made_at).dataReceived(data)
@@ -75,6 +76,7 @@ class FirstRead(Protocol):
         if set_no_delay is not None:
             set_no_delay(True)  # as twisted.web's channel sets it on every connection
         site.pending.release(self.address)  # no longer an HTTP connection of this address
+        self.transport = None
         protocol.plain_request = request
         hand_over(transport, protocol, data)
 
@@ -96,9 +98,11 @@ class FirstRead(Protocol):
         self.become_http(None).first_read_timed_out()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self.site.first_reads.pop(self) is not None or self.transport is not None:
+        # Lost before its first read (after it, the transport is another protocol's).
+        self.site.first_reads.pop(self)
+        if self.transport is not None:
+            self.transport = None
             self.site.pending.release(self.address)
-        self.transport = None
 
 
 class FirstReads:
