@@ -522,3 +522,94 @@ def test_reads_skip_autobahns_data_received_unless_debugging(debug: bool) -> Non
                      "debug" if debug else "info")
     assert heard == [(b'{"msg": "hi"}', False)]
     assert len(calls) == (1 if debug else 0)
+
+
+#: sha256 of Autobahn's WebSocketProtocol._connectionMade and of
+#: WebSocketServerProtocol's (a log.debug call, that one, and the factory's
+#: connection count), which LinkProtocol._connectionMade re-states (less
+#: what they do for nothing), as reviewed.
+#: And of WebSocketServerProtocol._connectionLost (the same, undone), which
+#: LinkProtocol._connectionLost re-states.
+REVIEWED_SERVER_CONNECTION_LOST = "1b616e8fc259d995cfa7bbc7a0dd8423c3cc821027c3881d683633a9b6013efb"
+REVIEWED_SERVER_CONNECTION_MADE = "213dadb6d12d3d482c041df7230067083cf5047489dadf823314ea96a0d1914f"
+REVIEWED_CONNECTION_MADE = "7ac58d8bb6c3c752dc6753e09d2358573a2a47da90275e962830af0600fdf077"
+
+
+def test_connection_made_is_the_reviewed_one() -> None:
+    from autobahn.websocket.protocol import WebSocketProtocol
+
+    source = inspect.getsource(WebSocketProtocol._connectionMade)
+    server = inspect.getsource(WebSocketServerProtocol._connectionMade)
+    assert hashlib.sha256(source.encode()).hexdigest() == REVIEWED_CONNECTION_MADE, (
+        f"{REVIEW}: Autobahn's _connectionMade changed; LinkProtocol._connectionMade re-states it"
+    )
+    assert hashlib.sha256(server.encode()).hexdigest() == REVIEWED_SERVER_CONNECTION_MADE, (
+        f"{REVIEW}: Autobahn's WebSocketServerProtocol._connectionMade changed; "
+        "LinkProtocol._connectionMade re-states it"
+    )
+    lost = inspect.getsource(WebSocketServerProtocol._connectionLost)
+    assert hashlib.sha256(lost.encode()).hexdigest() == REVIEWED_SERVER_CONNECTION_LOST, (
+        f"{REVIEW}: Autobahn's WebSocketServerProtocol._connectionLost changed; "
+        "LinkProtocol._connectionLost re-states it"
+    )
+
+
+def _set_by_autobahns_connection_made() -> set[str]:
+    """Every self.<name> = ... in Autobahn's _connectionMade, read off its source."""
+    from autobahn.websocket.protocol import WebSocketProtocol
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(WebSocketProtocol._connectionMade)))
+    return {
+        node.attr for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
+        and isinstance(node.value, ast.Name) and node.value.id == "self"
+    }
+
+
+def _state(link: Any, name: str) -> Any:
+    """What a connection's attribute says, comparable between two connections."""
+    value = getattr(link, name, "(not set)")  # serverConnectionDropTimeoutCall: clients only
+    if name == "trafficStats":
+        return vars(value)
+    if name == "utf8validator":
+        return type(value), value.validate("héllo".encode())
+    if name == "send_queue":
+        return list(value)
+    if name.endswith("Call"):
+        return value is not None
+    return value
+
+
+def test_a_new_connection_reads_as_on_autobahns_own_connection_made() -> None:
+    """
+    The lean ``_connectionMade`` (quiet, debug logging off) leaves every
+    attribute Autobahn's sets, and every option it copies, reading as
+    Autobahn's own does (which runs while debug logging is on), before the
+    handshake and after it.
+    """
+    names = _set_by_autobahns_connection_made() | {"state", "send_queue", "utf8validator"}
+    assert {"wasClean", "openHandshakeTimeoutCall", "trafficStats"} <= names  # the parse works
+    lean, _ = _chat_connection("/ws/alice")
+    txaio.set_global_log_level("debug")
+    try:
+        own, _ = _chat_connection("/ws/carol")  # a request as long as alice's
+    finally:
+        txaio.set_global_log_level("info")
+    assert "wasClean" not in vars(lean) and "wasClean" in vars(own)  # the two paths ran
+    assert lean.factory.countConnections == own.factory.countConnections == 1
+    options = set(type(lean).CONFIG_ATTRS)
+    for name in sorted(names | options):
+        assert _state(lean, name) == _state(own, name), name
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_lost_connection_is_uncounted_and_closed_as_on_autobahns_own(debug: bool) -> None:
+    protocol, _ = _chat_connection("/ws/alice")
+    txaio.set_global_log_level("debug" if debug else "info")
+    try:
+        protocol.dataReceived(wsframes.client_frame((1000).to_bytes(2, "big"), opcode=8))
+        protocol.connectionLost(Failure(ConnectionDone()))
+    finally:
+        txaio.set_global_log_level("info")
+    assert protocol.factory.countConnections == 0
+    assert protocol.state == WebSocketServerProtocol.STATE_CLOSED and protocol.wasClean

@@ -6,6 +6,8 @@ and the client sent the same bytes, whichever path read it.
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import random
 from typing import Any
 
@@ -34,7 +36,10 @@ BASE = [
 STATE = ("http_status_line", "http_headers", "http_request_uri", "http_request_path",
          "http_request_params", "http_request_host", "websocket_version", "websocket_protocols",
          "websocket_origin", "websocket_extensions", "_wskey", "data", "state",
-         "websocket_protocol_in_use", "wasNotCleanReason", "peer")
+         "websocket_protocol_in_use", "wasNotCleanReason", "peer", "http_response_data",
+         "inside_message", "current_frame")
+#: Timers the handshake arms or cancels: compared as armed or not.
+TIMERS = ("openHandshakeTimeoutCall", "autoPingPendingCall")
 
 
 REQUEST = ("peer", "headers", "host", "path", "params", "version", "origin", "protocols", "extensions")
@@ -79,6 +84,9 @@ def run(raw: bytes, fast: bool, behaviour: str = "plain", **options: Any) -> dic
     factory.protocol = Probe
     factory.externalPort = options.pop("externalPort", None)
     factory.countConnections = options.pop("countConnections", 0)
+    factory.server = options.pop("server", factory.server)  # Autobahn's name and version
+    factory.headers = options.pop("headers", factory.headers)
+    factory.trackTimings = options.pop("trackTimings", factory.trackTimings)
     if options:
         factory.setProtocolOptions(**options)
     probe = factory.buildProtocol(PEER)
@@ -89,7 +97,9 @@ def run(raw: bytes, fast: bool, behaviour: str = "plain", **options: Any) -> dic
     if probe.later is not None:
         probe.later.callback(None)
     return {"sent": transport.value(), "request": probe.seen,
-            **{name: getattr(probe, name, None) for name in STATE}}
+            **{name: getattr(probe, name, None) for name in STATE},
+            **{name: getattr(probe, name, None) is not None for name in TIMERS},
+            "extensions in use": [type(e).__name__ for e in getattr(probe, "websocket_extensions_in_use", ())]}
 
 
 def request(lines: list[tuple[str, str]], line: str = "GET /ws/alice?x=1&y=%E2%9C%93 HTTP/1.1",
@@ -131,6 +141,58 @@ def test_a_subprotocol_the_client_did_not_offer_is_a_500_not_a_hang() -> None:
     answered = run(request(BASE), True, "bad-protocol")
     assert answered["sent"].startswith(b"HTTP/1.1 500 Internal server error: protocol accepted")
     assert answered["state"] == WebSocketServerProtocol.STATE_CLOSED
+
+
+#: sha256 of Autobahn's succeedHandshake, which handshake._answer_plain
+#: re-states for a request with nothing to negotiate, as reviewed.
+REVIEWED_SUCCEED = "fb43d387929cf20640844b409a55bdfc0a643b20bb987af9a96c795f9678a9e8"
+NOTHING_TO_NEGOTIATE = [(k, v) for k, v in BASE if k != "Sec-WebSocket-Extensions"]
+
+
+def test_succeed_handshake_is_the_reviewed_one() -> None:
+    source = inspect.getsource(WebSocketServerProtocol.succeedHandshake)
+    assert hashlib.sha256(source.encode()).hexdigest() == REVIEWED_SUCCEED, (
+        "Autobahn's succeedHandshake changed: re-review improto.web.handshake._answer_plain"
+    )
+
+
+def counting_stock_answers(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Each call of Autobahn's succeedHandshake on a Probe, from now on."""
+    calls: list[Any] = []
+
+    def succeed(self: Probe, res: Any) -> None:
+        calls.append(res)
+        WebSocketServerProtocol.succeedHandshake(self, res)
+
+    monkeypatch.setattr(Probe, "succeedHandshake", succeed, raising=False)
+    return calls
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"server": None}, {"autoPingInterval": 5, "openHandshakeTimeout": 3},
+    {"openHandshakeTimeout": 0}, {"headers": {"X-A": ["1", "2"]}}, {"trackTimings": True},
+])
+@pytest.mark.parametrize("offered", [True, False])
+def test_a_request_with_nothing_to_negotiate_is_answered_the_same(options, offered, monkeypatch) -> None:
+    lines = NOTHING_TO_NEGOTIATE if offered else [
+        (k, v) for k, v in NOTHING_TO_NEGOTIATE if k != "Sec-WebSocket-Protocol"]
+    stock = counting_stock_answers(monkeypatch)
+    answered = same(request(lines), **options)
+    assert answered["sent"].startswith(b"HTTP/1.1 101 ")
+    assert answered["websocket_protocol_in_use"] == ("improto.v1" if offered else None)
+    # Autobahn's answer ran for the slow way, and for the short way only where
+    # there is something to add (extra headers). With trackTimings on, Autobahn
+    # tracks none (its setTrackTimings compares the option it just copied).
+    assert len(stock) == (2 if "headers" in options else 1)
+
+
+def test_an_offered_extension_is_negotiated_by_autobahn(monkeypatch) -> None:
+    from autobahn.websocket.compress import PerMessageDeflateOfferAccept
+
+    stock = counting_stock_answers(monkeypatch)
+    answered = same(request(BASE), perMessageCompressionAccept=lambda offers: PerMessageDeflateOfferAccept(offers[0]))
+    assert b"Sec-WebSocket-Extensions: permessage-deflate" in answered["sent"]
+    assert len(stock) == 2
 
 
 HOSTILE_LINES = [
