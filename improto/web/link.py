@@ -41,6 +41,7 @@ _log = Logger()
 quiet.install()
 _OPEN = WebSocketServerProtocol.STATE_OPEN
 _CONNECTING = WebSocketServerProtocol.STATE_CONNECTING
+_SEND_GROUND = WebSocketServerProtocol.SEND_STATE_GROUND
 _DEBUG_LEVELS = frozenset(("debug", "trace"))
 
 
@@ -137,13 +138,14 @@ class _Utf8ValidatorWhenRead:
 
 
 #: What Autobahn's ``_connectionMade`` sets on every connection to a value
-#: that is the same for all of them, as class attributes of
-#: :class:`LinkProtocol` instead (see :meth:`LinkProtocol._connectionMade`).
+#: that is the same for all of them and reads only when a connection closes,
+#: fails or pings, as class attributes of :class:`LinkProtocol` instead (see
+#: :meth:`LinkProtocol._connectionMade`). What its frame and message paths
+#: read stays on each connection: on Python 3.11 an instance attribute is
+#: the cheaper read (as class attributes, 150.7k -> 153.6k instructions per
+#: private message, ``micro.py --instructions --ops private``).
 _INITIAL_STATE: dict[str, Any] = {
-    "_perMessageCompress": None, "trackedTimings": None,
-    "send_state": WebSocketServerProtocol.SEND_STATE_GROUND, "triggered": False,
-    "wasMaxFramePayloadSizeExceeded": False, "wasMaxMessagePayloadSizeExceeded": False,
-    "closedByMe": False, "failedByMe": False, "droppedByMe": False, "wasClean": False,
+    "triggered": False, "closedByMe": False, "failedByMe": False, "droppedByMe": False, "wasClean": False,
     "wasNotCleanReason": None, "wasServerConnectionDropTimeout": False,
     "wasOpenHandshakeTimeout": False, "wasCloseHandshakeTimeout": False,
     "wasServingFlashSocketPolicyFile": False, "localCloseCode": None, "localCloseReason": None,
@@ -226,12 +228,14 @@ class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         source) tuples built for one of them, a ``setTrackTimings`` call that
         changes nothing (it compares the option just copied), an empty send
         queue (:class:`_SendQueue` keeps none), a UTF-8 validator before
-        anything reads one (:class:`_Utf8ValidatorWhenRead`), and 26
-        attributes set to the same value on every connection, which are
-        class attributes instead (:data:`_INITIAL_STATE`) until a connection
-        changes them. The same state, in a smaller ``__dict__``: 602k -> 536k
-        instructions per connection (``benchmarks/micro.py --instructions
-        --ops site-handshake``).
+        anything reads one (:class:`_Utf8ValidatorWhenRead`), and 21
+        attributes set to the same value on every connection and read only
+        at its close, which are class attributes instead
+        (:data:`_INITIAL_STATE`) until a connection changes them. The same
+        state, in a smaller ``__dict__``. With :meth:`_connectionLost` and
+        ``handshake._answer_plain``, 602k -> 517k instructions per
+        connection (``benchmarks/micro.py --instructions --ops
+        site-handshake``).
         """
         if not _quiet_writes():
             super()._connectionMade()
@@ -243,6 +247,10 @@ class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         self.trafficStats = TrafficStats()
         self.state = _CONNECTING
         self.data = b""
+        self._perMessageCompress = None
+        self.trackedTimings = None  # type: ignore[assignment]  # Autobahn's own initial value
+        self.send_state = _SEND_GROUND
+        self.wasMaxFramePayloadSizeExceeded = self.wasMaxMessagePayloadSizeExceeded = False
         if self.openHandshakeTimeout > 0:
             self.openHandshakeTimeoutCall = factory._batched_timer.call_later(
                 self.openHandshakeTimeout, self.onOpenHandshakeTimeout)
