@@ -80,8 +80,20 @@ def handshake(port: int, path: str, origin: str | None = None, host: str | None 
     return read_response(send_request(port, path, upgrade_headers(port, origin, host)))
 
 
+#: Once an answer has started to arrive, how long ``closed_within`` waits
+#: for the close that follows it, past its own deadline.
+ANSWER_GRACE = 2.0
+
+
 def closed_within(sock: socket.socket, seconds: float) -> bytes | None:
-    """What the server sent before it closed the socket, or None if it is still open."""
+    """
+    What the server sent before it closed the socket, or None if it is
+    still open (and sent nothing). An answer that starts to arrive within
+    ``seconds`` is read to the close for up to :data:`ANSWER_GRACE` more:
+    a server writes an answer and closes in two steps, and on a loaded
+    machine the deadline could fall between them (the answer was then
+    dropped, and the next call saw only the close).
+    """
     deadline = time.monotonic() + seconds
     received = b""
     while time.monotonic() < deadline:
@@ -94,5 +106,7 @@ def closed_within(sock: socket.socket, seconds: float) -> bytes | None:
             return received
         if not chunk:
             return received
+        if not received:
+            deadline = max(deadline, time.monotonic() + ANSWER_GRACE)
         received += chunk
-    return None
+    return None if not received else received
