@@ -230,7 +230,7 @@ class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         queue (:class:`_SendQueue` keeps none), a UTF-8 validator before
         anything reads one (:class:`_Utf8ValidatorWhenRead`), and 21
         attributes set to the same value on every connection and read only
-        at its close, which are class attributes instead
+        at a close, a failure or a ping, which are class attributes instead
         (:data:`_INITIAL_STATE`) until a connection changes them. The same
         state, in a smaller ``__dict__``. With :meth:`_connectionLost` and
         ``handshake._answer_plain``, 602k -> 517k instructions per
