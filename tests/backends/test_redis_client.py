@@ -261,3 +261,32 @@ def test_close_flushes_what_is_queued() -> None:
     w.conn.close()
     assert w.written() == pack(b"DEL", b"k")
     assert w.transport.disconnecting
+
+
+def test_a_remembered_head_is_the_head_of_every_field_it_depends_on() -> None:
+    """
+    ``StreamStore._head`` keeps heads by the envelope's header fields and
+    the stream: each field changed on its own gets the head
+    :func:`encode_head` makes for it, not one remembered for another.
+    """
+    from improto.backends.redis.streams import StreamStore
+
+    store = StreamStore(b"p:")
+    base = Envelope("node-1", "session-1", b"one", False, Audience.ALL, "session-1")
+    variants = [
+        (base, "user:bob"),
+        (base, "user:carol"),
+        (Envelope("node-2", "session-1", b"one", False, Audience.ALL, "session-1"), "user:bob"),
+        (Envelope("node-1", "session-2", b"one", False, Audience.ALL, "session-1"), "user:bob"),
+        (Envelope("node-1", "session-1", b"one", False, Audience.ALL, "session-2"), "user:bob"),
+        (Envelope("node-1", "session-1", b"one", False, Audience.ALL, None), "user:bob"),
+        (Envelope("node-1", "session-1", b"one", False, Audience.ALL, ""), "user:bob"),
+        (Envelope("node-1", "session-1", b"one", True, Audience.ALL, "session-1"), "user:bob"),
+        (Envelope("node-1", "session-1", b"one", False, Audience.NATIVE, "session-1"), "user:bob"),
+    ]
+    heads = [store._head(envelope, stream) for envelope, stream in variants * 2]
+    assert heads == [encode_head(envelope, stream) for envelope, stream in variants * 2]
+    assert len(set(heads)) == len(variants)
+    # Other data, same head: remembered.
+    other = Envelope("node-1", "session-1", b"two", False, Audience.ALL, "session-1")
+    assert store._head(other, "user:bob") is heads[0]

@@ -236,6 +236,7 @@ class StreamStore:
         # A private message's two streams are in different cluster slots.
         self._scripts = [self._append, HISTORY, MARK_SEEN] + ([] if sharded else [PRIVATE])
         self._keys: dict[str, tuple[bytes, bytes, bytes]] = {}
+        self._heads: dict[tuple[Any, ...], bytes] = {}
         # The PRIVATE script's common ARGV, per setting (one in practice).
         self._private_common: dict[tuple[int, float, float, bytes], list[bytes | str | int]] = {}
 
@@ -251,6 +252,21 @@ class StreamStore:
             keys = self._keys[stream] = (self.key(stream, "seq"), self.key(stream, "log"), self.key(stream, "seen"))
         return keys
 
+    def _head(self, envelope: Envelope, stream: str) -> bytes:
+        """
+        :func:`encode_head` of ``envelope`` in ``stream``, remembered: every
+        message a session sends to one user or group has the same head, and
+        encoding it each time was about a fifth of :meth:`send_private`.
+        """
+        key = (stream, envelope.origin_node, envelope.origin_session, envelope.exclude_session,
+               envelope.binary, envelope.audience)
+        head = self._heads.get(key)
+        if head is None:
+            if len(self._heads) >= 4096:
+                self._heads.clear()
+            head = self._heads[key] = encode_head(envelope, stream)
+        return head
+
     def load_scripts(self, conn: RespConnection) -> Deferred[Any]:
         return gatherResults([s.load(conn) for s in self._scripts], consumeErrors=True)
 
@@ -262,7 +278,7 @@ class StreamStore:
         if idempotency_key is not None and idempotency_ttl > 0:
             keys.append(self.key(stream, "idem:" + idempotency_key))
         args: list[bytes | str | int] = [
-            channel_key, encode_head(envelope, stream), envelope.data,
+            channel_key, self._head(envelope, stream), envelope.data,
             retention.size, _ms(retention.age), _ms(idempotency_ttl),
         ]
 
@@ -288,7 +304,7 @@ class StreamStore:
             copy_seq, copy_log,
         ]
         flags = _PRIVATE_FLAGS[(only_if_seen is not None, idempotent, copy_only_elsewhere)]
-        args: list[bytes | str | int] = [encode_head(envelope, stream), envelope.data, copy_stream or "", flags]
+        args: list[bytes | str | int] = [self._head(envelope, stream), envelope.data, copy_stream or "", flags]
         setting = (retention.size, retention.age, idempotency_ttl, channel_prefix)
         common = self._private_common.get(setting)
         if common is None:
