@@ -23,6 +23,7 @@ from twisted.internet.defer import gatherResults
 
 from improto.backends.interface import Audience, BackendState, BackendUnavailable, Envelope
 from improto.backends.redis import RedisBackend
+from improto.backends.redis.client import RespConnection
 from tests.backends.support import Inbox, envelope, eventually
 from tests.redis_fixture import RedisServer
 
@@ -64,6 +65,7 @@ _DOOMED_NODE = """
 import sys
 from twisted.internet import defer, reactor
 from improto.backends.redis import RedisBackend
+from improto.backends.redis.client import RespConnection
 
 async def main():
     node = RedisBackend.from_url(sys.argv[1], reactor=reactor, prefix=sys.argv[2],
@@ -119,6 +121,10 @@ async def test_dropped_connection_fails_in_flight_and_reconciles(
     await a.subscribe("group:lobby", inbox)
     await a.presence_add("online", "alice")
     await a.presence_add("online", "bob")
+    # Commands go to the connections themselves, not through ClientService's
+    # proxy (a Python __getattr__ per call); the proxy still hears the loss.
+    before = [a.command_link.ready, a.subscriber_link.ready]
+    assert [type(conn) for conn in before] == [RespConnection, RespConnection]
     # The reactor does not run during the kill: these are written to
     # connections Redis has already closed, and must fail, not hang.
     _kill_clients(redis_url, a)
@@ -131,6 +137,9 @@ async def test_dropped_connection_fails_in_flight_and_reconciles(
     assert await b.presence_members("online") == ["alice"]
     assert await b.publish("group:lobby", envelope(b"after")) == 1
     assert [e.data for e in await inbox.wait_for(1)] == [b"after"]
+    after = [a.command_link.ready, a.subscriber_link.ready]
+    assert [type(conn) for conn in after] == [RespConnection, RespConnection]
+    assert not any(new is old for new, old in zip(after, before, strict=True))
     assert len(_events(log_events, "reconnecting", a)) == 1
     assert len(_events(log_events, "restored", a)) == 1
 

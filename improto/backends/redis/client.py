@@ -167,6 +167,16 @@ class RespConnection(Protocol, TimeoutMixin):
             return self._not_connected()
         return self._queue(hiredis.pack_command(args))  # type: ignore[arg-type]
 
+    @property
+    def unproxied(self) -> RespConnection:
+        """
+        This connection itself. ``ClientService`` hands its owner a proxy
+        that forwards every attribute through a Python ``__getattr__``, per
+        command; the transport keeps talking to the proxy (which is how the
+        service hears of a lost connection), so calls may go straight here.
+        """
+        return self
+
     def tail_batch(self, kind: type[BatchT]) -> BatchT | None:
         """
         The batch of ``kind`` queued last in this turn, if no other command

@@ -196,8 +196,8 @@ class RedisLink:
         return self._backoff(max(attempt, self._rejected) - 1) * random.uniform(0.75, 1.0)
 
     def _prepare(self, protocol: IProtocol) -> None:
-        # ClientService passes its proxy of our protocol; it forwards every attribute.
-        conn = cast(RespConnection, protocol)
+        # ClientService passes its proxy of our protocol; commands go to the protocol itself.
+        conn = cast(RespConnection, protocol).unproxied
         self._conn = conn
         conn.lost.addCallback(self._lost, conn)
         d = maybeDeferred(lambda: Deferred.fromCoroutine(self._set_up_connection(conn)))

@@ -56,6 +56,9 @@ class Subscriptions:
         self._node_id = node_id
         self._stats = stats
         self.wanted: dict[str, EnvelopeCallback] = {}
+        #: Channel names by the raw channel of a push (prefix included),
+        #: decoded once rather than per message.
+        self._names: dict[bytes, str] = {}
         # On the current subscriber connection: SUBSCRIBE sent, SUBSCRIBE
         # confirmed, and callers waiting for the latest SUBSCRIBE of a
         # channel to be confirmed.
@@ -147,15 +150,20 @@ class Subscriptions:
         return d.addBoth(lambda _: None)
 
     def on_message(self, raw_channel: bytes, payload: bytes) -> None:
-        if not raw_channel.startswith(self._prefix):
-            return
+        channel = self._names.get(raw_channel)
+        if channel is None:
+            if not raw_channel.startswith(self._prefix):
+                return
+            channel = raw_channel[len(self._prefix) :].decode("utf-8", "replace")
+            if len(self._names) >= 4096:
+                self._names.clear()
+            self._names[raw_channel] = channel
         if native_and_unpositioned(payload) and not self.natives_here():
             # It would reach nobody here (every node hears its own presence
             # announcements: four per connection): not even decoded. One
             # with a position is decoded always: the stream's seq is tracked.
             self._stats.received += 1
             return
-        channel = raw_channel[len(self._prefix) :].decode("utf-8", "replace")
         callback = self.wanted.get(channel)
         if callback is None:
             return

@@ -142,13 +142,6 @@ def decode_envelope(payload: bytes) -> Envelope:
             stream = payload[strings_end : strings_end + stream_len].decode("utf-8")
     except UnicodeDecodeError:
         raise WireError("envelope header strings are not UTF-8") from None
-    return Envelope(
-        origin_node=node,
-        origin_session=session,
-        data=payload[data_start:],
-        binary=bool(flags & _BINARY),
-        audience=audience,
-        exclude_session=exclude if flags & _HAS_EXCLUDE else None,
-        stream=stream,
-        seq=seq,
-    )
+    # Positional: keywords cost attrs' __init__ more, once per message received.
+    return Envelope(node, session, payload[data_start:], bool(flags & _BINARY), audience,
+                    exclude if flags & _HAS_EXCLUDE else None, stream, seq)
