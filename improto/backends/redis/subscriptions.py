@@ -155,7 +155,8 @@ class Subscriptions:
             if not raw_channel.startswith(self._prefix):
                 return
             channel = raw_channel[len(self._prefix) :].decode("utf-8", "replace")
-            if len(self._names) >= 4096:
+            # Bounded, but above the channels wanted: a node with more never thrashes.
+            if len(self._names) >= max(4096, 2 * len(self.wanted)):
                 self._names.clear()
             self._names[raw_channel] = channel
         if native_and_unpositioned(payload) and not self.natives_here():
