@@ -338,55 +338,37 @@ REDIS_TURN = 64
 
 def improto_redis_factory() -> Any:
     """
-    improto's chat factory with the router and the Redis backend as
-    ``twistd improto --backend redis://...`` builds them (history on, the
-    defaults), on a private redis-server started here (on a free port,
-    stopped at exit). Redis runs natively: under callgrind only improto's
-    own instructions are counted.
+    improto's chat factory on the router and Redis backend that
+    ``twistd improto --backend redis://...`` builds (``tap.build_service``:
+    history on, the defaults; ``--gc-threshold 0`` keeps the collector as
+    the other ops have it), on a private redis-server started here (on a
+    free port, stopped at exit). Redis runs natively: under callgrind only
+    improto's own instructions are counted.
     """
     import atexit
-    import socket
-    import subprocess
     import tempfile
 
     from twisted.internet import reactor
 
     from improto import tap
-    from improto.backends.interface import Retention
-    from improto.backends.url import backend_from_url
-    from improto.router import Router, RouterLimits
-    from improto.router.durable import Durability
-    from improto.settings import Settings
     from improto.web.chat import ChatServerFactory
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import harness
 
     port = harness.free_port()
-    redis = subprocess.Popen(harness.redis_argv(port, Path(tempfile.mkdtemp(prefix="micro-redis-"))),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    atexit.register(redis.terminate)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise SystemExit("redis-server did not start") from None
-            time.sleep(0.05)
+    workdir = Path(tempfile.mkdtemp(prefix="micro-redis-"))
+    redis = harness.Server("micro-redis", harness.redis_argv(port, workdir), port, workdir / "redis.log", None)
+    redis.start()
+    atexit.register(redis.stop)
     options = tap.Options()
-    options.parseOptions([*SERVER_ARGV, "--backend", f"redis://127.0.0.1:{port}/0"])
-    backend = backend_from_url(options["backend"], reactor, node_id="micro")
-    backend.retention = Retention(options["history-size"], options["history-age"])
-    durability = Durability(options["history-page-max"], options["inbox-ttl"], options["idempotency-window"])
-    router = Router(backend, limits=RouterLimits(rate=0, burst=0), clock=time.monotonic, durability=durability)
+    options.parseOptions([*SERVER_ARGV, "--gc-threshold", "0", "--backend", f"redis://127.0.0.1:{port}/0"])
+    service = tap.build_service(options, endpoint=object())
     # The backend connects once the reactor has started (callWhenRunning);
     # here the reactor is only iterated, never run.
     reactor.startRunning()  # type: ignore[attr-defined]
-    spin_until(backend.start())
-    settings = Settings(max_connections_per_ip=0, max_connections_per_user=0)
-    return ChatServerFactory(router, settings, reactor)
+    spin_until(service.router.backend.start())
+    return ChatServerFactory(service.router, service.settings, reactor)
 
 
 def spin_until(done: Any, limit: float = 10.0) -> Any:
