@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 import attrs
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface
+
+_Result = TypeVar("_Result", contravariant=True)
 
 
 class Audience(enum.Enum):
@@ -91,6 +95,19 @@ class BackendUnavailable(Exception):
 
 
 EnvelopeCallback = Callable[[Envelope], None]
+
+
+class Answer(Protocol[_Result]):
+    """
+    Where the outcome of a call goes, once: ``callback`` with its result
+    or ``errback`` with a :class:`Failure`. A ``Deferred`` is one; so is a
+    small object of the caller's, which costs a hot path less than a
+    Deferred and the callbacks added to it (``send_private_to``).
+    """
+
+    def callback(self, result: _Result) -> object: ...
+
+    def errback(self, fail: Failure) -> object: ...
 
 
 @attrs.frozen
@@ -268,6 +285,17 @@ class IPrivateBackend(Interface):
 
         It fires once every step is done, and fails as those calls do if
         any failed.
+        """
+
+    def send_private_to(
+        answer: Answer[Appended | int], stream: str, envelope: Envelope, copy_stream: str | None,
+        only_if_seen: str | None, idempotency_key: str | None = None, idempotency_ttl: float = 0,
+        copy_only_elsewhere: bool = False,
+    ) -> None:
+        """
+        :meth:`send_private`, its outcome given to ``answer`` (perhaps
+        before this returns) instead of a new Deferred: what the router
+        calls once per private message.
         """
 
 

@@ -14,9 +14,11 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from improto.backends.interface import (
+    Answer,
     Appended,
     BackendHealth,
     BackendState,
@@ -201,6 +203,19 @@ class MemoryBackend:
     ) -> Deferred[Appended | int]:
         return _answered(self.send_private_now, stream, envelope, copy_stream, only_if_seen,
                          idempotency_key, idempotency_ttl, copy_only_elsewhere)
+
+    def send_private_to(
+        self, answer: Answer[Appended | int], stream: str, envelope: Envelope, copy_stream: str | None,
+        only_if_seen: str | None, idempotency_key: str | None = None, idempotency_ttl: float = 0,
+        copy_only_elsewhere: bool = False,
+    ) -> None:
+        try:
+            result = self.send_private_now(stream, envelope, copy_stream, only_if_seen,
+                                           idempotency_key, idempotency_ttl, copy_only_elsewhere)
+        except BackendUnavailable:
+            answer.errback(Failure())
+            return
+        answer.callback(result)
 
     def send_private_now(
         self, stream: str, envelope: Envelope, copy_stream: str | None, only_if_seen: str | None,

@@ -15,8 +15,9 @@ import attrs
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
 
 from improto.backends.interface import Audience, BackendState, Envelope, IPrivateBackend, Retention
 from improto.backends.memory import MemoryBackend, MemoryHub
@@ -209,11 +210,36 @@ async def test_stopped_backend_refuses_appends(nodes: Nodes) -> None:
 
 
 def send_private(node: Any) -> Callable[..., Any]:
-    """The node's own one-call send if it has one, else the reference made of plain calls."""
+    """
+    The node's own one-call send as the router makes it (``send_private_to``,
+    answered here by a Deferred) if it has one, else the reference made of
+    plain calls. ``send_private`` itself: tests/backends/test_redis.py,
+    test_memory_immediate.py.
+    """
     own = IPrivateBackend(node, None)
-    if own is not None:
-        return own.send_private
-    return functools.partial(send_private_in_steps, node)
+    if own is None:
+        return functools.partial(send_private_in_steps, node)
+
+    def send(*args: Any, **kwargs: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        own.send_private_to(d, *args, **kwargs)
+        return d
+
+    return send
+
+
+@attrs.define
+class Recorded:
+    """An answer of the caller's own, not a Deferred: what it was given."""
+
+    results: list[Any] = attrs.Factory(list)
+    failures: list[Failure] = attrs.Factory(list)
+
+    def callback(self, result: Any) -> None:
+        self.results.append(result)
+
+    def errback(self, fail: Failure) -> None:
+        self.failures.append(fail)
 
 
 @pytest_twisted.ensureDeferred
@@ -273,6 +299,29 @@ async def test_stopped_backend_refuses_private_messages(nodes: Nodes) -> None:
     await nodes.a.stop()
     with pytest.raises(BackendUnavailable):
         await send_private(nodes.a)("user:bob", envelope(), "user:alice", None)
+    own = IPrivateBackend(nodes.a, None)
+    if own is not None:
+        answer = Recorded()
+        own.send_private_to(answer, "user:bob", envelope(), "user:alice", None)
+        assert answer.results == [] and [f.check(BackendUnavailable) for f in answer.failures] == [BackendUnavailable]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_answer_of_the_callers_own_gets_each_outcome_once(nodes: Nodes) -> None:
+    own = IPrivateBackend(nodes.a, None)
+    if own is None:
+        pytest.skip("this backend has no send_private_to: the router uses the plain calls")
+    await nodes.b.subscribe("user:bob", lambda e: None)
+    await nodes.a.mark_seen("carol", 0, 60)
+    live, stored, nobody = Recorded(), Recorded(), Recorded()
+    own.send_private_to(live, "user:bob", envelope(b"1"), "user:alice", "bob")
+    own.send_private_to(stored, "user:carol", envelope(b"2"), "user:alice", "carol")
+    own.send_private_to(nobody, "user:dave", envelope(b"3"), None, "dave")
+    await eventually(lambda: bool(live.results and stored.results and nobody.results))
+    assert (live.results, nobody.results) == ([1], [0])
+    [appended] = stored.results
+    assert (appended.seq, appended.duplicate) == (1, False)
+    assert live.failures == stored.failures == nobody.failures == []
 
 
 @pytest_twisted.ensureDeferred

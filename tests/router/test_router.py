@@ -296,7 +296,7 @@ class TestDelivery:
         for link in (a, a2, b):
             link.take()
         calls = []
-        for name in ("publish", "append", "last_seen", "send_private"):
+        for name in ("publish", "append", "last_seen", "send_private", "send_private_to"):
             original = getattr(router.backend, name)
             monkeypatch.setattr(router.backend, name,
                                 lambda *args, _o=original, _n=name: calls.append(_n) or _o(*args))

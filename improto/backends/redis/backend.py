@@ -64,6 +64,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from improto.backends.interface import (
+    Answer,
     Appended,
     BackendHealth,
     BackendState,
@@ -359,14 +360,25 @@ class RedisBackend:
         self, stream: str, envelope: Envelope, copy_stream: str | None, only_if_seen: str | None,
         idempotency_key: str | None = None, idempotency_ttl: float = 0, copy_only_elsewhere: bool = False,
     ) -> Deferred[Appended | int]:
+        d: Deferred[Appended | int] = Deferred()
+        self.send_private_to(d, stream, envelope, copy_stream, only_if_seen, idempotency_key,
+                             idempotency_ttl, copy_only_elsewhere)
+        return d
+
+    def send_private_to(
+        self, answer: Answer[Appended | int], stream: str, envelope: Envelope, copy_stream: str | None,
+        only_if_seen: str | None, idempotency_key: str | None = None, idempotency_ttl: float = 0,
+        copy_only_elsewhere: bool = False,
+    ) -> None:
         try:
             conn = self._command_connection("append")
         except BackendUnavailable:
-            return fail()
+            answer.errback(Failure())
+            return
         self.stats.published += 1 if copy_stream is None else 2
         # Batched per reactor turn, errors already as BackendUnavailable.
-        return self._streams.send_private(
-            conn, self._channel_prefix, stream, envelope, copy_stream, only_if_seen, self.retention,
+        self._streams.send_private(
+            conn, answer, self._channel_prefix, stream, envelope, copy_stream, only_if_seen, self.retention,
             idempotency_key, idempotency_ttl, copy_only_elsewhere)
 
     def history(

@@ -38,7 +38,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from improto.backends.interface import BackendUnavailable
+from improto.backends.interface import Answer, BackendUnavailable
 from improto.backends.redis.client import RespConnection, as_unavailable
 from improto.backends.redis.scripts import ERROR_TEXT, Script, ScriptBatch
 
@@ -167,7 +167,7 @@ class PresenceBatch(ScriptBatch):
     keys_per_part = 1
     args_per_part = 4
 
-    def answer(self, d: Deferred[Any], reply: list[Any], index: int) -> None:
+    def answer(self, d: Answer[Any], reply: list[Any], index: int) -> None:
         changed = reply[index]
         if type(changed) is bytes:
             self.refuse(d, changed)
@@ -220,7 +220,7 @@ class PresenceStore:
     def _change(self, conn: RespConnection, op: bytes, scope: str, member: str,
                 announce: Announcement | None) -> Deferred[bool]:
         channel, payload = announce or (b"", b"")
-        return PresenceBatch.join(
+        return PresenceBatch.joined(
             conn, self._args(), [self.scope_key(scope)], [op, member, channel, payload])
 
     def members(self, conn: RespConnection, scope: str) -> Deferred[list[str]]:

@@ -7,9 +7,10 @@ parse and a Deferred chain. Calls made in one reactor turn (private
 messages, presence changes of the connections that one turn accepts) are
 therefore merged into one call of a script that loops over them
 (:class:`ScriptBatch`), whose reply holds one answer per caller. A caller
-still gets its own Deferred, and its own error: each script runs every
-part under ``pcall``, so a part that Redis refuses fails alone, as it would
-in a script of its own.
+still gets its own answer (a Deferred, or an object of its own: see
+:class:`~improto.backends.interface.Answer`), and its own error: each
+script runs every part under ``pcall``, so a part that Redis refuses
+fails alone, as it would in a script of its own.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from improto.backends.interface import BackendUnavailable
+from improto.backends.interface import Answer, BackendUnavailable
 from improto.backends.redis.client import RedisReplyError, RespConnection, as_unavailable, pack
 
 
@@ -94,28 +95,39 @@ class ScriptBatch:
         self.common = common
         self.keys: list[bytes] = []
         self.args: list[bytes | str | int] = list(common)
-        self.waiting: list[Deferred[Any]] = []
+        self.waiting: list[Answer[Any]] = []
 
     @classmethod
     def join(
         cls, conn: RespConnection, common: list[bytes | str | int],
-        keys: list[bytes], args: list[bytes | str | int],
-    ) -> Deferred[Any]:
-        """Add a part to this turn's open batch (with the same ``common``), or to a new one."""
+        keys: list[bytes], args: list[bytes | str | int], answer: Answer[Any],
+    ) -> None:
+        """
+        Add a part to this turn's open batch (with the same ``common``), or
+        to a new one; its outcome goes to ``answer``.
+        """
         batch = conn.tail_batch(cls)
         if batch is not None and batch.common == common and len(batch.waiting) < cls.LIMIT:
-            return batch._add(keys, args)
+            batch._add(keys, args, answer)
+            return
         batch = cls(common)
-        d = batch._add(keys, args)
+        batch._add(keys, args, answer)
         conn.execute_batch(batch).addCallbacks(batch._answered, batch._refused, errbackArgs=(conn,))
+
+    @classmethod
+    def joined(
+        cls, conn: RespConnection, common: list[bytes | str | int],
+        keys: list[bytes], args: list[bytes | str | int],
+    ) -> Deferred[Any]:
+        """:meth:`join`, answered by a new Deferred."""
+        d: Deferred[Any] = Deferred()
+        cls.join(conn, common, keys, args, d)
         return d
 
-    def _add(self, keys: list[bytes], args: list[bytes | str | int]) -> Deferred[Any]:
+    def _add(self, keys: list[bytes], args: list[bytes | str | int], answer: Answer[Any]) -> None:
         self.keys += keys
         self.args += args
-        d: Deferred[Any] = Deferred()
-        self.waiting.append(d)
-        return d
+        self.waiting.append(answer)
 
     def pack(self) -> bytes:
         try:
@@ -141,20 +153,20 @@ class ScriptBatch:
             try:
                 pack(*part_keys, *part_args)
             except Exception:
-                d.errback()
+                d.errback(Failure())
                 continue
             keys += part_keys
             args += part_args
             waiting.append(d)
         self.keys, self.args, self.waiting = keys, args, waiting
 
-    def answer(self, d: Deferred[Any], reply: list[Any], index: int) -> None:
-        """Fire ``d`` with the answer of part ``index`` in the script's ``reply``."""
+    def answer(self, d: Answer[Any], reply: list[Any], index: int) -> None:
+        """Give ``d`` the answer of part ``index`` in the script's ``reply``."""
         raise NotImplementedError
 
-    def refuse(self, d: Deferred[Any], error: bytes) -> None:
+    def refuse(self, d: Answer[Any], error: bytes) -> None:
         """Fail ``d``: Redis refused a command of its part."""
-        d.errback(BackendUnavailable(f"Redis refused {self.what}: {error.decode('utf-8', 'replace')}"))
+        d.errback(Failure(BackendUnavailable(f"Redis refused {self.what}: {error.decode('utf-8', 'replace')}")))
 
     def _refused(self, failure: Failure, conn: RespConnection) -> None:
         if _noscript(failure):

@@ -37,7 +37,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults
 
-from improto.backends.interface import Appended, Envelope, HistoryPage, Retention
+from improto.backends.interface import Answer, Appended, Envelope, HistoryPage, Retention
 from improto.backends.redis.client import RespConnection
 from improto.backends.redis.scripts import ERROR_TEXT, Script, ScriptBatch
 from improto.backends.redis.wire import decode_envelope, encode_head
@@ -217,7 +217,7 @@ class PrivateBatch(ScriptBatch):
     keys_per_part = 6
     args_per_part = 4
 
-    def answer(self, d: Deferred[Any], reply: list[Any], index: int) -> None:
+    def answer(self, d: Answer[Any], reply: list[Any], index: int) -> None:
         kind, result = reply[2 * index], reply[2 * index + 1]
         if kind == 2:
             d.callback(result)
@@ -285,14 +285,14 @@ class StreamStore:
         return self._append.run(conn, keys, args).addCallback(_appended)
 
     def send_private(
-        self, conn: RespConnection, channel_prefix: bytes, stream: str, envelope: Envelope,
-        copy_stream: str | None, only_if_seen: str | None, retention: Retention,
+        self, conn: RespConnection, answer: Answer[Appended | int], channel_prefix: bytes, stream: str,
+        envelope: Envelope, copy_stream: str | None, only_if_seen: str | None, retention: Retention,
         idempotency_key: str | None, idempotency_ttl: float, copy_only_elsewhere: bool,
-    ) -> Deferred[Appended | int]:
+    ) -> None:
         """
         See :class:`~improto.backends.interface.IPrivateBackend`: a part of
-        this turn's ``PRIVATE`` script (:class:`PrivateBatch`). Fails with
-        ``BackendUnavailable`` as the backend's other calls do.
+        this turn's ``PRIVATE`` script (:class:`PrivateBatch`). ``answer``
+        fails with ``BackendUnavailable`` as the backend's other calls do.
         """
         idempotent = idempotency_key is not None and idempotency_ttl > 0
         # Keys a flag leaves unused are still declared, as a script's keys must be.
@@ -310,7 +310,7 @@ class StreamStore:
         if common is None:
             common = self._private_common[setting] = [
                 retention.size, _ms(retention.age), _ms(idempotency_ttl), channel_prefix]
-        return PrivateBatch.join(conn, common, keys, args)
+        PrivateBatch.join(conn, common, keys, args, answer)
 
     def history(
         self, conn: RespConnection, stream: str, after: int, limit: int, before: int | None,
