@@ -130,10 +130,27 @@ def ack(request_id: str) -> bytes:
     return encode_texts({"type": "ack", "id": request_id})
 
 
-def who(group: str, users: list[str], request_id: str | None) -> bytes:
+def who(group: str, users: list[str], request_id: str | None, max_size: int | None = None) -> bytes:
+    """
+    The answer to ``who``. Longer than ``max_size`` bytes, it lists the
+    first users (in order) that fit, and says ``"truncated": true``.
+    """
     body: dict[str, Any] = {"type": "who", "group": group, "users": users}
     if request_id is not None:
         body["id"] = request_id
+    reply = encode(body)
+    if max_size is None or len(reply) <= max_size:
+        return reply
+    body["users"] = []
+    body["truncated"] = True
+    room = max_size - len(encode(body))
+    kept = 0
+    for user in users:
+        room -= len(_ENCODER.encode(user).encode("utf-8")) + 1  # and its comma
+        if room < 0:
+            break
+        kept += 1
+    body["users"] = users[:kept]
     return encode(body)
 
 

@@ -203,6 +203,22 @@ class DurableMessages:
 
     # -- history requests ---------------------------------------------------------
 
+    def _fitting(self, frames: list[bytes], overhead: int, oldest_first: bool) -> list[bytes]:
+        """
+        As many of a page's ``frames`` as fit in one frame of the client's
+        (``RouterLimits.max_frame_size``), from the end nearest the position
+        asked for (``after``: the oldest; ``before``: the newest), which the
+        client pages on from. At least one: a stored message always fits.
+        """
+        budget = self._router.limits.max_frame_size - overhead
+        ordered = frames if oldest_first else frames[::-1]
+        kept = 1
+        used = len(ordered[0])
+        while kept < len(ordered) and used + len(ordered[kept]) <= budget:
+            used += len(ordered[kept])
+            kept += 1
+        return ordered[:kept] if oldest_first else ordered[:kept][::-1]
+
     def history(self, session: Session, command: streams.History) -> None:
         stream = command.stream or user_channel(session.user)
         limit = command.limit or self.settings.history_page_max
@@ -230,8 +246,11 @@ class DurableMessages:
                 streams.positioned(e.data, stream, e.seq or 0)
                 for e in page.messages if e.audience is Audience.ALL or session.native
             ]
-            self._replies.send(
-                session, streams.history_reply(stream, frames, page.first_seq, page.last_seq, command.id))
+            reply = streams.history_reply(stream, frames, page.first_seq, page.last_seq, command.id)
+            if len(reply) > self._router.limits.max_frame_size:
+                frames = self._fitting(frames, len(reply) - sum(map(len, frames)), command.after is not None)
+                reply = streams.history_reply(stream, frames, page.first_seq, page.last_seq, command.id)
+            self._replies.send(session, reply)
 
         d.addCallbacks(answer, self._replies.failed, errbackArgs=(session, command.id))
 

@@ -280,7 +280,8 @@ class Inbound:
     def _who(self, session: Session, command: codec.Who) -> None:
         d = self._router.presence.members(command.group)
         d.addCallbacks(
-            lambda users: self._replies.send(session, codec.who(command.group, users, command.id)),
+            lambda users: self._replies.send(
+                session, codec.who(command.group, users, command.id, self._limits.max_frame_size)),
             self._replies.failed,
             errbackArgs=(session, command.id),
         )

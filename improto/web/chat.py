@@ -106,7 +106,7 @@ class ChatServerProtocol(LinkProtocol):
         """The frame limits of a chat route, and the subprotocol to answer."""
         # Room for a frame a little over the limit, so the client gets a
         # readable too_large error instead of a dropped connection.
-        self.maxMessagePayloadSize = self.factory.router.limits.max_message_size * 4
+        self.maxMessagePayloadSize = self.factory.router.limits.max_frame_size
         extensions = request.headers.get("sec-websocket-extensions")
         if extensions is not None:
             # Without the header the factory's (the same, for no header) stays:
@@ -241,7 +241,7 @@ class ChatServerFactory(WebSocketServerFactory):
             # (Every call resets allowNullOrigin: set everything in one.)
             allowedOrigins=["*"],
             allowNullOrigin=True,
-            maxMessagePayloadSize=router.limits.max_message_size * 4,
+            maxMessagePayloadSize=router.limits.max_frame_size,
             maxFramePayloadSize=0,
             # Send a close frame with the reason code (1002, 1007, 1009) on
             # protocol violations instead of just dropping the TCP connection.
@@ -250,7 +250,7 @@ class ChatServerFactory(WebSocketServerFactory):
             closeHandshakeTimeout=3,
             autoPingInterval=options.ping_interval,
             autoPingTimeout=options.ping_interval * 2 if options.ping_interval else 0,
-            perMessageCompressionAccept=accept_shareable(router.limits.max_message_size * 4),
+            perMessageCompressionAccept=accept_shareable(router.limits.max_frame_size),
         )
 
     def setProtocolOptions(self, **options: Any) -> None:  # type: ignore[override]

@@ -88,3 +88,18 @@ def test_error_frames_differ_by_dialect():
     assert native == {"type": "error", "code": "unknown_user", "reason": "User 'x' is not online.", "id": "7"}
     assert seed["username"] == seed["from_user"] == seed["sender"] == codec.SYSTEM_NAME
     assert seed["msg"] == "User 'x' is not online."
+
+
+def test_who_fits_its_size_and_says_when_it_was_cut() -> None:
+    users = sorted(f"user{i:05d}-名" for i in range(2000))
+    whole = json.loads(codec.who("lobby", users, "5"))
+    assert whole == {"type": "who", "group": "lobby", "users": users, "id": "5"}
+    for max_size in (100, 4096, 30000):
+        reply = codec.who("lobby", users, "5", max_size)
+        cut = json.loads(reply)
+        assert len(reply) <= max_size and cut["truncated"] is True
+        assert cut["users"] == users[: len(cut["users"])] and len(cut["users"]) < len(users)
+        # As many as fit: one more would not.
+        one_more = codec.who("lobby", users[: len(cut["users"]) + 1], "5")
+        assert len(one_more) + len(b',"truncated":true') > max_size
+    assert "truncated" not in json.loads(codec.who("lobby", users[:3], "5", 4096))

@@ -10,7 +10,7 @@ from twisted.internet.defer import Deferred
 
 from improto.backends.interface import HistoryPage, Retention
 from improto.backends.memory import MemoryBackend, MemoryHub
-from improto.router import Router
+from improto.router import Router, RouterLimits
 from improto.router.durable import Durability
 from improto.testing import FakeClock, FakeLink
 
@@ -383,3 +383,51 @@ class TestIdempotency:
         send(router, sa, frame)
         assert [f["seq"] for f in a.take()] == [2]
         assert messages(b.take()) == [("once", 2)]
+
+
+class TestPagesFitOneFrame:
+    """A history page over ``RouterLimits.max_frame_size`` would be refused by Autobahn (and clients)."""
+
+    def make(self) -> Router:
+        backend = MemoryBackend()
+        backend.start()
+        # Frames up to 4,000 bytes; ten messages of 900 need about 10 KB.
+        return Router(backend, clock=FakeClock(), limits=RouterLimits(max_message_size=1000))
+
+    def fill(self, router: Router, session: Any) -> None:
+        for i in range(10):
+            send(router, session, {"type": "send", "group": "lobby", "msg": f"{i}" * 900, "id": f"m{i}"})
+
+    def page(self, router: Router, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        link, session = connect(router, "nat")
+        link.take()
+        send(router, session, {"type": "history", "group": "lobby", "id": "h", **request})
+        [(data, _)] = link.frames
+        return len(data), json.loads(data)
+
+    def test_after_gets_the_oldest_that_fit_and_pages_on(self):
+        router = self.make()
+        _, sa = connect(router, "alice")
+        self.fill(router, sa)
+        size, page = self.page(router, {"after": 0, "limit": 10})
+        seqs = [m["seq"] for m in page["messages"]]
+        assert size <= router.limits.max_frame_size and seqs == list(range(1, len(seqs) + 1))
+        assert 3 <= len(seqs) < 10 and (page["first_seq"], page["last_seq"]) == (1, 10)
+        size, page = self.page(router, {"after": seqs[-1], "limit": 10})
+        assert size <= router.limits.max_frame_size and page["messages"][0]["seq"] == seqs[-1] + 1
+
+    def test_before_gets_the_newest_that_fit(self):
+        router = self.make()
+        _, sa = connect(router, "alice")
+        self.fill(router, sa)
+        size, page = self.page(router, {"limit": 10})
+        seqs = [m["seq"] for m in page["messages"]]
+        assert size <= router.limits.max_frame_size and seqs == list(range(11 - len(seqs), 11))
+        assert 3 <= len(seqs) < 10
+
+    def test_a_page_that_fits_is_whole(self):
+        router = self.make()
+        _, sa = connect(router, "alice")
+        say(router, sa, *[f"m{i}" for i in range(10)])
+        _, page = self.page(router, {"after": 0, "limit": 10})
+        assert [m["seq"] for m in page["messages"]] == list(range(1, 11))

@@ -133,6 +133,18 @@ class TestNativeDialect:
         assert n.take() == [{"type": "presence", "event": "leave", "user": "max", "group": "dev"}]
         assert m.take() == [{"type": "ack", "id": "4"}]
 
+    def test_who_of_a_group_too_big_for_one_frame_is_cut_to_fit(self):
+        router = make_router(limits=RouterLimits(max_message_size=100))  # frames up to 1,124 bytes
+        for i in range(200):
+            link, session = connect(router, f"member{i:03d}", native=True)
+            send(router, session, {"type": "join", "group": "big", "id": "j"})
+        link.take()
+        send(router, session, {"type": "who", "group": "big", "id": "w"})
+        [(data, _)] = link.frames
+        reply = json.loads(data)
+        assert len(data) <= router.limits.max_frame_size and reply["truncated"] is True
+        assert reply["users"] == [f"member{i:03d}" for i in range(len(reply["users"]))]
+
     def test_sending_to_a_group_one_is_not_in_is_refused(self, router):
         n, sn = connect(router, "nat", native=True)
         n.take()

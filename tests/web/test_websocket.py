@@ -13,6 +13,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from improto.backends.memory import MemoryBackend
+from improto.protocol import codec
 from improto.router import Router, RouterLimits
 from improto.settings import Settings
 from improto.web.chat import ChatServerFactory
@@ -453,3 +454,29 @@ def test_a_plain_handshake_takes_the_short_way_and_debug_logging_autobahns(facto
     finally:
         txaio.set_global_log_level(level)
     assert answers == [True]  # Autobahn's processHandshake read that one
+
+
+def test_a_history_page_too_big_for_one_frame_arrives_cut_to_fit(factory):
+    # factory: max_message_size 1000, so frames of up to 4,000 bytes either way;
+    # Autobahn refuses to send a longer one (PayloadExceededError).
+    alice = Client(factory, "/ws/alice", NATIVE)
+    for i in range(10):
+        alice.send(json.dumps({"type": "send", "group": "lobby", "msg": f"{i}" * 900, "id": f"m{i}"}))
+    alice.raw()
+    alice.send(json.dumps({"type": "history", "group": "lobby", "after": 0, "limit": 10, "id": "h"}))
+    [(opcode, payload, _)] = alice.frames()
+    page = json.loads(payload)
+    assert len(payload) <= 4000 and page["type"] == "history" and page["id"] == "h"
+    assert [m["seq"] for m in page["messages"]] == list(range(1, len(page["messages"]) + 1))
+
+
+def test_with_a_tiny_message_limit_a_too_large_message_still_gets_its_error_frame():
+    backend = MemoryBackend()
+    backend.start()
+    router = Router(backend, limits=RouterLimits(max_message_size=40))
+    factory = ChatServerFactory(router, Settings(), MemoryReactorClock())
+    seed = Client(factory, "/ws/alice")
+    seed.raw()
+    seed.send("0" * 130)  # over 40, under the 1,064-byte frame limit
+    [error] = seed.messages()
+    assert error["code"] == "too_large" and error["sender"] == codec.SYSTEM_NAME
