@@ -75,15 +75,18 @@ class IntXorMasker:
         self._ptr = 0
 
     def process(self, data: bytes) -> bytes:
-        n = len(data)
         offset = self._ptr & 3
-        self._ptr += n
-        if not n:
-            return b""
-        key = (self._mask * ((n + offset) // 4 + 1))[offset : offset + n]
-        return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(
-            n, "little"
-        )
+        self._ptr += len(data)
+        return unmask(data, self._mask, offset)
+
+
+def unmask(data: bytes, mask: bytes, offset: int = 0) -> bytes:
+    """``data`` XORed with the 4-byte ``mask`` repeated, starting ``offset`` bytes into it."""
+    n = len(data)
+    if not n:
+        return b""
+    key = (mask * ((n + offset) // 4 + 1))[offset : offset + n]
+    return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
 
 
 def create_xor_masker(mask: bytes, length: int | None = None) -> Any:

@@ -430,7 +430,7 @@ class LinkProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             self.trafficStats.incomingOctetsWireLevel += len(data)
             taken = reading.read_whole_frames(self, data)
             if taken < len(data):
-                self.data += data[taken:] if taken else data
+                self.data = data[taken:]  # empty before: can_read_whole_frames
                 self.consumeData()
             return
         super().dataReceived(data)

@@ -33,6 +33,8 @@ from typing import Any
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 
+from improto.web.framing import unmask
+
 _OPEN = WebSocketProtocol.STATE_OPEN
 #: First header byte of an unfragmented text / binary frame without RSV bits.
 _TEXT, _BINARY = 0x81, 0x82
@@ -103,12 +105,7 @@ def read_whole_frames(link: Any, data: bytes) -> int:
         end = start + length
         if end > size or 0 < max_message < length or 0 < max_frame < length:
             break
-        if length:
-            key = (data[start - 4 : start] * ((length >> 2) + 1))[:length]
-            payload = (int.from_bytes(data[start:end], "little") ^ int.from_bytes(key, "little")).to_bytes(
-                length, "little")
-        else:
-            payload = b""
+        payload = unmask(data[start:end], data[start - 4 : start])
         binary = first == _BINARY
         if not binary and link.utf8validateIncoming:
             validator = link.utf8validator
